@@ -1,3 +1,33 @@
-"""tailored_hf: physically smaller, task-tailored LLaMA-family models inside a transformers Trainer run."""
+"""tailored_hf: physically smaller, task-tailored LLaMA-family models inside a transformers Trainer run.
+
+Importing the package registers the `tailored_llama` / `tailored_mistral` / `tailored_qwen2` model types with
+`AutoConfig` and `AutoModelForCausalLM`.
+"""
 
 __version__ = "0.1.0.dev0"
+
+from . import modeling  # noqa: E402,F401  (registers the Auto classes)
+from .arch import ARCHITECTURES, UnsupportedArchitectureError, get_arch  # noqa: E402
+from .loading import load_model  # noqa: E402
+from .structure import (  # noqa: E402
+    PlanError,
+    PruningPlan,
+    RuntimeMasks,
+    apply_plan,
+    count_parameters,
+    save_pruned,
+)
+
+__all__ = [
+    "ARCHITECTURES",
+    "PlanError",
+    "PruningPlan",
+    "RuntimeMasks",
+    "UnsupportedArchitectureError",
+    "__version__",
+    "apply_plan",
+    "count_parameters",
+    "get_arch",
+    "load_model",
+    "save_pruned",
+]

@@ -1,0 +1,25 @@
+"""The structure engine: prunable units, run-time masks, `PruningPlan`, `apply_plan`, saving."""
+
+from .geometry import LayerGeometry, ModelGeometry
+from .io import check_saved_plan, merged_state_dict, save_pruned
+from .masks import RuntimeMasks
+from .plan import PLAN_FILENAME, LayerPlan, PlanError, PruningPlan, top_indices
+from .prune import PLAN_ATTRIBUTE, apply_plan, compose_plans, count_parameters
+
+__all__ = [
+    "PLAN_ATTRIBUTE",
+    "PLAN_FILENAME",
+    "LayerGeometry",
+    "LayerPlan",
+    "ModelGeometry",
+    "PlanError",
+    "PruningPlan",
+    "RuntimeMasks",
+    "apply_plan",
+    "check_saved_plan",
+    "compose_plans",
+    "count_parameters",
+    "merged_state_dict",
+    "save_pruned",
+    "top_indices",
+]

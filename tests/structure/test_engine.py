@@ -1,0 +1,321 @@
+"""The structure engine: masked == pruned, parameter accounting, save/load, LoRA, generation, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+import tailored_hf
+from tailored_hf.modeling import StockConfigUnavailableError
+from tailored_hf.structure import (
+    PLAN_FILENAME,
+    PlanError,
+    PruningPlan,
+    RuntimeMasks,
+    apply_plan,
+    compose_plans,
+    count_parameters,
+    save_pruned,
+)
+from tailored_hf.structure.simple import magnitude_plan
+
+from ..conftest import input_batch, make_tiny_model
+
+TOL = 1e-5
+
+
+def random_plan(model, seed: int, hidden: bool = True, drop_layer: bool = False, uniform: bool = False) -> PruningPlan:
+    """A random valid plan: random KV groups, the same number of query heads per kept group, random channels."""
+    g = torch.Generator().manual_seed(seed)
+    plan = PruningPlan.dense(model)
+
+    def pick(n: int, k: int) -> list[int]:
+        return sorted(torch.randperm(n, generator=g)[:k].tolist())
+
+    def count(n: int) -> int:
+        return int(torch.randint(1, n + 1, (1,), generator=g))
+
+    shared = None
+    for index, geo in enumerate(plan.source.layers):
+        if uniform and shared is not None:
+            plan.layers[index].heads, plan.layers[index].kv_heads, plan.layers[index].ffn = shared
+            continue
+        kv = pick(geo.num_kv_heads, count(geo.num_kv_heads))
+        per_group = count(geo.heads_per_group)
+        heads = sorted(k * geo.heads_per_group + j for k in kv for j in pick(geo.heads_per_group, per_group))
+        ffn = pick(geo.intermediate_size, count(geo.intermediate_size))
+        plan.layers[index].heads, plan.layers[index].kv_heads, plan.layers[index].ffn = heads, kv, ffn
+        shared = (heads, kv, ffn)
+    if hidden:
+        plan.hidden = pick(plan.source.hidden_size, plan.source.hidden_size - 6)
+    if drop_layer:
+        plan.removed_layers = [1]
+    return plan
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("drop_layer", [False, True])
+def test_masked_forward_equals_pruned_forward(tiny_model, seed, drop_layer):
+    ids = input_batch()
+    plan = random_plan(tiny_model, seed, drop_layer=drop_layer)
+    with RuntimeMasks(tiny_model) as masks:
+        masks.set_from_plan(plan)
+        masked = logits(tiny_model, ids)
+    apply_plan(tiny_model, plan)
+    pruned = logits(tiny_model, ids)
+    torch.testing.assert_close(pruned, masked, atol=TOL, rtol=TOL)
+
+
+def test_empty_plan_is_identity(tiny_model):
+    ids = input_batch()
+    before, params = logits(tiny_model, ids), count_parameters(tiny_model)
+    plan = PruningPlan.dense(tiny_model)
+    assert plan.is_identity and plan.num_parameters()["sparsity"] == 0
+    apply_plan(tiny_model, plan)
+    torch.testing.assert_close(logits(tiny_model, ids), before, atol=0, rtol=0)
+    assert count_parameters(tiny_model) == params == plan.num_parameters()["dense"]
+
+
+def test_parameter_count_matches_plan(tiny_model):
+    plan = random_plan(tiny_model, seed=3, drop_layer=True)
+    assert count_parameters(tiny_model) == plan.num_parameters()["dense"]
+    apply_plan(tiny_model, plan)
+    assert count_parameters(tiny_model) == plan.num_parameters()["pruned"]
+    assert tiny_model.num_parameters() == plan.num_parameters()["pruned"]
+
+
+def test_tied_embeddings_stay_tied():
+    model = make_tiny_model("llama", tied=True)
+    apply_plan(model, random_plan(model, seed=4))
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert model.lm_head.weight.shape[1] == model.config.hidden_size
+
+
+def test_heterogeneous_round_trip(tmp_path, tiny_model):
+    ids = input_batch()
+    apply_plan(tiny_model, random_plan(tiny_model, seed=5))
+    expected = logits(tiny_model, ids)
+    assert tiny_model.config.model_type.startswith("tailored_")
+    save_pruned(tiny_model, tmp_path / "out")
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert not list((tmp_path / "out").glob("*.bin"))
+    plan_json = json.loads((tmp_path / "out" / PLAN_FILENAME).read_text())
+    assert plan_json["metadata"]["library"] == "tailored_hf"
+    assert plan_json["metadata"]["params_pruned"] == tiny_model.num_parameters()
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert type(reloaded).__name__.startswith("Tailored")
+    torch.testing.assert_close(logits(reloaded, ids), expected, atol=0, rtol=0)
+
+
+def test_uniform_plan_saves_stock_config_loadable_without_tailored_hf(tmp_path):
+    model = make_tiny_model("llama", tied=True)
+    plan = random_plan(model, seed=6, hidden=False, uniform=True)
+    apply_plan(model, plan)
+    assert model.config.model_type == "llama" and type(model).__name__ == "LlamaForCausalLM"
+    ids = input_batch()
+    expected = logits(model, ids)
+    save_pruned(model, tmp_path / "out")
+    torch.save(ids, tmp_path / "ids.pt")
+    torch.save(expected, tmp_path / "expected.pt")
+    script = (
+        "import sys, torch\n"
+        "from transformers import AutoModelForCausalLM\n"
+        f"m = AutoModelForCausalLM.from_pretrained(r'{tmp_path / 'out'}').eval()\n"
+        f"ids = torch.load(r'{tmp_path / 'ids.pt'}', weights_only=True)\n"
+        f"exp = torch.load(r'{tmp_path / 'expected.pt'}', weights_only=True)\n"
+        "with torch.no_grad(): out = m(input_ids=ids).logits\n"
+        "assert 'tailored_hf' not in sys.modules, 'tailored_hf was imported'\n"
+        "torch.testing.assert_close(out, exp, atol=0, rtol=0)\n"
+        "print(type(m).__name__)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "LlamaForCausalLM" in result.stdout
+
+
+def test_lora_wrapped_model_pruned_and_trainable(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    base = make_tiny_model("qwen2", tied=True)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=targets, lora_dropout=0.0))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.1)
+    model.eval()
+    ids = input_batch()
+    plan = random_plan(model, seed=7)
+    with RuntimeMasks(model) as masks:
+        masks.set_from_plan(plan)
+        masked = logits(model, ids)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    model.train()
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    model.eval()
+    with RuntimeMasks(model) as masks:
+        masks.set_from_plan(plan)
+        masked = logits(model, ids)
+    apply_plan(model, plan, optimizer=optimizer)
+    torch.testing.assert_close(logits(model, ids), masked, atol=TOL, rtol=TOL)
+    # Still trainable: LoRA params require grad, the optimizer holds the new tensors with matching state.
+    lora_params = [p for n, p in model.named_parameters() if "lora_" in n]
+    assert lora_params and all(p.requires_grad for p in lora_params)
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert all(id(p) in held for p in lora_params)
+    for param, state in optimizer.state.items():
+        assert state["exp_avg"].shape == param.shape
+    model.train()
+    before = [p.detach().clone() for p in lora_params]
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, lora_params))
+    # Merged save reloads with the LoRA model's logits.
+    model.eval()
+    expected = logits(model, ids)
+    save_pruned(model, tmp_path / "merged")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    torch.testing.assert_close(logits(reloaded, ids), expected, atol=TOL, rtol=TOL)
+
+
+def test_generate_with_cache(tiny_model):
+    apply_plan(tiny_model, random_plan(tiny_model, seed=8, drop_layer=True))
+    ids = input_batch(batch=1, length=5)
+    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    with_cache = tiny_model.generate(ids, use_cache=True, **kwargs)
+    without_cache = tiny_model.generate(ids, use_cache=False, **kwargs)
+    assert with_cache.shape == (1, 11)
+    assert torch.equal(with_cache, without_cache)
+
+
+def test_pruning_twice_composes(tiny_model):
+    ids = input_batch()
+    first = random_plan(tiny_model, seed=9, hidden=True)
+    reference = make_tiny_model(tiny_model.config.model_type, tied=tiny_model.config.tie_word_embeddings)
+    apply_plan(tiny_model, first)
+    second = random_plan(tiny_model, seed=10, hidden=True)
+    apply_plan(tiny_model, second)
+    composed = compose_plans(first, second)
+    assert tiny_model.tailored_hf_plan.to_dict() == composed.to_dict()
+    apply_plan(reference, composed)
+    torch.testing.assert_close(logits(reference, ids), logits(tiny_model, ids), atol=TOL, rtol=TOL)
+
+
+def test_magnitude_plan_hits_target():
+    model = make_tiny_model("llama", num_hidden_layers=4, intermediate_size=96)
+    plan = magnitude_plan(model, 0.2)
+    assert abs(plan.num_parameters()["sparsity"] - 0.2) < 0.03
+    apply_plan(model, plan)
+    assert model.num_parameters() == plan.num_parameters()["pruned"]
+
+
+# ---------------------------------------------------------------------------- bad input
+def test_plan_removing_every_head_is_rejected(tiny_model):
+    plan = PruningPlan.dense(tiny_model)
+    plan.layers[0].heads, plan.layers[0].kv_heads = [], []
+    with pytest.raises(PlanError, match="removes every unit of layer 0 heads"):
+        apply_plan(tiny_model, plan)
+
+
+def test_plan_removing_every_ffn_channel_is_rejected(tiny_model):
+    plan = PruningPlan.dense(tiny_model)
+    plan.layers[2].ffn = []
+    with pytest.raises(PlanError, match="layer 2 ffn"):
+        apply_plan(tiny_model, plan)
+
+
+def test_out_of_range_indices_are_rejected(tiny_model):
+    plan = PruningPlan.dense(tiny_model)
+    plan.layers[1].ffn = [0, 1, 999]
+    with pytest.raises(PlanError, match=r"out of range \[0, 40\)"):
+        apply_plan(tiny_model, plan)
+    plan = PruningPlan.dense(tiny_model)
+    plan.hidden = [-1, 2]
+    with pytest.raises(PlanError, match="out of range"):
+        apply_plan(tiny_model, plan)
+
+
+def test_uneven_gqa_heads_are_rejected(tiny_model):
+    plan = PruningPlan.dense(tiny_model)
+    plan.layers[0].heads = [0, 1, 2, 3]  # 3 heads in group 0, 1 in group 1
+    with pytest.raises(PlanError, match="same number of query heads"):
+        apply_plan(tiny_model, plan)
+    plan.layers[0].heads, plan.layers[0].kv_heads = [0, 3], [0]
+    with pytest.raises(PlanError, match="KV head is removed"):
+        apply_plan(tiny_model, plan)
+
+
+def test_plan_for_a_different_model_is_rejected():
+    plan = PruningPlan.dense(make_tiny_model("llama", hidden_size=60))
+    with pytest.raises(PlanError, match="different model"):
+        apply_plan(make_tiny_model("llama"), plan)
+
+
+def test_non_llama_family_model_is_rejected():
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32))
+    with pytest.raises(tailored_hf.UnsupportedArchitectureError, match="llama, mistral, qwen2"):
+        PruningPlan.dense(gpt2)
+    with pytest.raises(tailored_hf.UnsupportedArchitectureError):
+        RuntimeMasks(gpt2)
+
+
+def test_hidden_pruning_breaking_head_divisibility_with_stock_config():
+    model = make_tiny_model("llama")
+    plan = PruningPlan.dense(model)
+    plan.hidden = list(range(45))  # 45 % 6 heads != 0
+    with pytest.raises(StockConfigUnavailableError, match="not a multiple of 6 heads"):
+        apply_plan(model, plan, config_format="stock")
+    apply_plan(make_tiny_model("llama"), plan)  # auto falls back to a tailored config
+
+
+def test_checkpoint_whose_plan_disagrees_with_weights(tmp_path):
+    model = make_tiny_model("llama")
+    apply_plan(model, random_plan(model, seed=11))
+    save_pruned(model, tmp_path / "out")
+    other = random_plan(make_tiny_model("llama"), seed=12)
+    other.save(tmp_path / "out" / PLAN_FILENAME)
+    with pytest.raises(PlanError, match="disagrees with the weights"):
+        tailored_hf.load_model(str(tmp_path / "out"))
+
+
+def test_failed_save_leaves_previous_output_intact(tmp_path, monkeypatch):
+    model = make_tiny_model("llama")
+    apply_plan(model, random_plan(model, seed=13))
+    save_pruned(model, tmp_path / "out")
+    good = (tmp_path / "out" / "model.safetensors").read_bytes()
+
+    def explode(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(model), "save_pretrained", explode)
+    with pytest.raises(OSError, match="disk full"):
+        save_pruned(model, tmp_path / "out")
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_save_requires_a_plan(tmp_path):
+    with pytest.raises(PlanError, match="carries no pruning plan"):
+        save_pruned(make_tiny_model("llama"), tmp_path / "out")
+
+
+def test_plan_json_round_trip(tiny_model, tmp_path):
+    plan = random_plan(tiny_model, seed=14, drop_layer=True)
+    plan.metadata["method"] = "test"
+    path = plan.save(tmp_path / "plan.json")
+    loaded = PruningPlan.load(path)
+    assert loaded.to_dict() == plan.to_dict()
+    with pytest.raises(PlanError, match="format_version"):
+        PruningPlan.from_dict({**plan.to_dict(), "format_version": 99})
