@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml requirements-lock.txt
 venv: $(STAMP)
 
 demo: venv
-	$(PY) -m tailored_hf.demo --output-dir outputs/demo
+	$(PY) -m tailored_hf.pipeline --output-dir outputs/demo
 
 test: venv
 	$(PY) -m pytest -q -ra --timeout=1800 tests

@@ -8,6 +8,7 @@ __version__ = "0.1.0.dev0"
 
 from . import modeling  # noqa: E402,F401  (registers the Auto classes)
 from .arch import ARCHITECTURES, UnsupportedArchitectureError, get_arch  # noqa: E402
+from .callback import PrunerCallback  # noqa: E402
 from .loading import load_model  # noqa: E402
 from .structure import (  # noqa: E402
     PlanError,
@@ -21,6 +22,7 @@ from .structure import (  # noqa: E402
 __all__ = [
     "ARCHITECTURES",
     "PlanError",
+    "PrunerCallback",
     "PruningPlan",
     "RuntimeMasks",
     "UnsupportedArchitectureError",

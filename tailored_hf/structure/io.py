@@ -95,7 +95,8 @@ def save_pruned(
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
     try:
         state_dict = merged_state_dict(lm) if has_lora else None
-        lm.save_pretrained(staging, state_dict=state_dict)
+        # The class method, not an instance override (PrunerCallback routes `save_pretrained` here).
+        type(lm).save_pretrained(lm, staging, state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         plan.save(staging / PLAN_FILENAME)

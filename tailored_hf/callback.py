@@ -1,0 +1,147 @@
+"""`PrunerCallback`: one callback that adds a pruning method to an existing `Trainer` / `SFTTrainer` script.
+
+The callback is thin: it hands Trainer events to the method, merges the method's metrics into the Trainer's
+normal logs, writes its JSON state into checkpoints (main process only) and makes `trainer.save_model()` write the
+pruned model (LoRA merged by default) with its `pruning_plan.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from . import arch as A
+from .methods.base import MethodConfig, build_method
+from .structure import PLAN_ATTRIBUTE, PLAN_FILENAME
+from .structure.io import save_pruned
+from .structure.plan import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+STATE_FILENAME = "tailored_hf_state.json"
+LOG_PREFIX = "pruning/"
+
+
+class PrunerCallback(TrainerCallback):
+    """Prune inside a Trainer run with the method that `config` selects.
+
+    Args:
+        config (`MethodConfig`): e.g. `DepGraphConfig(target_sparsity=0.2)`.
+        calibration (`torch.LongTensor`, *optional*): calibration token ids `[n, L]`; by default the method draws
+            them from its configured text source with the Trainer's tokenizer.
+        merge_adapters_on_save (`bool`, defaults to `True`): `trainer.save_model()` merges LoRA into the pruned
+            weights; with `False` it writes the pruned base model plus the adapter in `adapter/` beside it.
+    """
+
+    def __init__(self, config: MethodConfig, calibration: Any = None, merge_adapters_on_save: bool = True) -> None:
+        self.method = build_method(config)
+        self.calibration = calibration
+        self.merge_adapters_on_save = merge_adapters_on_save
+        self._pending_logs: dict[str, float] = {}
+        self._logged: dict[str, float] = {}
+
+    # ----------------------------------------------------------------------------------------------- events
+    def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        model = kwargs["model"]
+        self.method.check_model(model)
+        self.method.on_init_end(
+            model, tokenizer=kwargs.get("processing_class"), args=args, calibration=self.calibration
+        )
+        self._after_event(model)
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if state.global_step > 0:
+            self._restore(args, state)
+        self.method.on_train_begin(kwargs["model"], args=args, state=state, optimizer=kwargs.get("optimizer"))
+        self._after_event(kwargs["model"])
+
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self.method.on_step_begin(kwargs["model"], args=args, state=state, optimizer=kwargs.get("optimizer"))
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self.method.on_step_end(kwargs["model"], args=args, state=state, optimizer=kwargs.get("optimizer"))
+        self._after_event(kwargs["model"])
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self.method.on_train_end(kwargs["model"], args=args, state=state)
+        self._after_event(kwargs["model"])
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
+        if logs is None or not self._pending_logs:
+            return
+        extra = {LOG_PREFIX + key: value for key, value in self._pending_logs.items()}
+        logs.update(extra)
+        if state.log_history:
+            state.log_history[-1].update(extra)
+        self._pending_logs.clear()
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if not args.should_save:
+            return
+        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if checkpoint.is_dir():
+            atomic_write_text(checkpoint / STATE_FILENAME, json.dumps(self.method.state_dict()))
+
+    # ------------------------------------------------------------------------------------------------ helpers
+    def _after_event(self, model: nn.Module) -> None:
+        fresh = {k: v for k, v in self.method.metrics.items() if self._logged.get(k) != v}
+        self._pending_logs.update(fresh)
+        self._logged.update(fresh)
+        if self.method.plan is not None and not getattr(model, "_tailored_hf_save_installed", False):
+            install_pruned_save(model, merge_adapters=self.merge_adapters_on_save)
+
+    def _restore(self, args: TrainingArguments, state: TrainerState) -> None:
+        path = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}" / STATE_FILENAME
+        if path.is_file():
+            self.method.load_state_dict(json.loads(path.read_text()))
+            logger.info("Restored pruning state from %s", path)
+
+
+def install_pruned_save(model: nn.Module, merge_adapters: bool = True) -> None:
+    """Make `model.save_pretrained` (what `Trainer.save_model` calls) write the pruned model with its plan.
+
+    Trainer checkpoints (`checkpoint-*` folders) keep the model's own format (a PEFT model keeps saving its adapter,
+    so `resume_from_checkpoint` works) plus `pruning_plan.json`; any other directory receives the final model:
+    LoRA merged into the pruned weights, or (with `merge_adapters=False`) the pruned base plus `adapter/`.
+    """
+    original = model.save_pretrained
+
+    @wraps(original)
+    def save_pretrained(save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        if not kwargs.get("is_main_process", True):
+            return None
+        lm = A.unwrap_model(model)
+        plan = getattr(lm, PLAN_ATTRIBUTE, None)
+        target = Path(save_directory)
+        if target.name.startswith(PREFIX_CHECKPOINT_DIR) or plan is None:
+            result = original(save_directory, *args, **kwargs)
+            if plan is not None:
+                plan.save(target / PLAN_FILENAME)
+            return result
+        is_peft = lm is not model
+        if not is_peft or merge_adapters:
+            save_pruned(model, target)
+            return None
+        base_only = {k: v for k, v in lm.state_dict().items() if "lora_" not in k}
+        base_only = {k.replace(".base_layer.", "."): v for k, v in base_only.items()}
+        save_pruned_base(lm, target, base_only)
+        original(target / "adapter", *args, **{k: v for k, v in kwargs.items() if k != "state_dict"})
+        return None
+
+    model.save_pretrained = save_pretrained
+    model._tailored_hf_save_installed = True
+
+
+def save_pruned_base(lm: nn.Module, target: Path, state_dict: dict) -> None:
+    """The pruned base model without adapters (for `merge_adapters=False`)."""
+    plan = getattr(lm, PLAN_ATTRIBUTE)
+    type(lm).save_pretrained(lm, target, state_dict=state_dict)
+    plan.save(target / PLAN_FILENAME)

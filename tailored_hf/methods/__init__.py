@@ -1,0 +1,6 @@
+"""Pruning methods: one package per method (`config.py` + `pruner.py`), registered here at import."""
+
+from .base import METHOD_REGISTRY, MethodConfig, PruningMethod, build_method, register_method
+from .magnitude import MagnitudeConfig
+
+__all__ = ["METHOD_REGISTRY", "MagnitudeConfig", "MethodConfig", "PruningMethod", "build_method", "register_method"]

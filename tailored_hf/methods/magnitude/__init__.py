@@ -1,0 +1,4 @@
+from .config import MagnitudeConfig
+from .pruner import MagnitudePruner
+
+__all__ = ["MagnitudeConfig", "MagnitudePruner"]

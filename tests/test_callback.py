@@ -1,0 +1,181 @@
+"""PrunerCallback in a plain Trainer and in TRL's SFTTrainer, with and without a peft_config (tiny models)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerFast,
+    Trainer,
+    TrainingArguments,
+)
+
+from tailored_hf import PrunerCallback, UnsupportedArchitectureError
+from tailored_hf.methods import MagnitudeConfig
+from tailored_hf.structure import PLAN_FILENAME, PruningPlan, count_parameters
+
+from .conftest import make_tiny_model
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {f"w{i}": i for i in range(90)} | {"[UNK]": 90, "[PAD]": 91, "[EOS]": 92}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", eos_token="[EOS]", unk_token="[UNK]")
+
+
+def token_rows(n: int = 16, length: int = 10) -> Dataset:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 90, (n, length), generator=g).tolist()
+    return Dataset.from_dict({"input_ids": ids, "labels": ids, "attention_mask": [[1] * length] * n})
+
+
+def prompt_rows(n: int = 16) -> Dataset:
+    g = torch.Generator().manual_seed(0)
+    words = lambda k: " ".join(f"w{int(i)}" for i in torch.randint(0, 90, (k,), generator=g))  # noqa: E731
+    return Dataset.from_dict(
+        {"prompt": [words(6) for _ in range(n)], "completion": [" " + words(3) for _ in range(n)]}
+    )
+
+
+def training_args(tmp_path, **overrides) -> TrainingArguments:
+    kwargs = dict(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=4,
+        max_steps=3,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        logging_steps=1,
+        disable_tqdm=True,
+    )
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)
+
+
+@pytest.mark.parametrize("with_lora", [False, True])
+def test_callback_in_plain_trainer(tmp_path, with_lora):
+    from peft import get_peft_model
+
+    model = make_tiny_model("llama", tied=True, num_hidden_layers=4, intermediate_size=96)
+    if with_lora:
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=LORA_TARGETS))
+    dense = model.num_parameters() if not with_lora else model.get_base_model().num_parameters()
+    callback = PrunerCallback(MagnitudeConfig(target_sparsity=0.3))
+    trainer = Trainer(model=model, args=training_args(tmp_path), train_dataset=token_rows(), callbacks=[callback])
+    assert count_parameters(trainer.model) < dense  # pruned at construction, before any optimizer exists
+    assert trainer.optimizer is None
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "pruning/sparsity" in entry]
+    assert logged and abs(logged[0]["pruning/sparsity"] - 0.3) < 0.03
+    trainer.save_model(str(tmp_path / "final"))
+    assert (tmp_path / "final" / PLAN_FILENAME).is_file()
+    assert not (tmp_path / "final" / "adapter_config.json").exists()  # merged, not an adapter
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "final").eval()
+    ids = torch.randint(0, 90, (2, 8))
+    trainer.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            reloaded(input_ids=ids).logits, trainer.model(input_ids=ids).logits, atol=1e-5, rtol=1e-5
+        )
+
+
+def test_callback_in_sft_trainer_with_peft_config(tmp_path, tokenizer):
+    from trl import SFTConfig, SFTTrainer
+
+    model = make_tiny_model("qwen2", tied=False, num_hidden_layers=4, intermediate_size=96)
+    args = SFTConfig(
+        output_dir=str(tmp_path / "sft"),
+        per_device_train_batch_size=4,
+        max_steps=3,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        bf16=False,
+        activation_checkpointing=False,
+        max_length=32,
+        logging_steps=1,
+        disable_tqdm=True,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=prompt_rows(),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=4, target_modules=LORA_TARGETS),
+        callbacks=[PrunerCallback(MagnitudeConfig(0.25))],
+    )
+    base = trainer.model.get_base_model()
+    plan = base.tailored_hf_plan
+    assert count_parameters(base) == plan.num_parameters()["pruned"]  # LoRA weights not counted
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    trainer.train()
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters() if n in before)
+    trainer.save_model(str(tmp_path / "final"))
+    saved = PruningPlan.load(tmp_path / "final")
+    assert saved.to_dict()["layers"] == plan.to_dict()["layers"]
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "final").num_parameters() == plan.num_parameters()["pruned"]
+
+
+def test_adapter_kept_on_pruned_base(tmp_path):
+    from peft import PeftModel, get_peft_model
+
+    model = get_peft_model(
+        make_tiny_model("llama", num_hidden_layers=4, intermediate_size=96),
+        LoraConfig(r=4, target_modules=LORA_TARGETS),
+    )
+    callback = PrunerCallback(MagnitudeConfig(0.3), merge_adapters_on_save=False)
+    trainer = Trainer(model=model, args=training_args(tmp_path), train_dataset=token_rows(), callbacks=[callback])
+    trainer.train()
+    trainer.save_model(str(tmp_path / "final"))
+    assert (tmp_path / "final" / "adapter" / "adapter_config.json").is_file()
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
+    restored = PeftModel.from_pretrained(base, tmp_path / "final" / "adapter").eval()
+    ids = torch.randint(0, 90, (2, 8))
+    trainer.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            restored(input_ids=ids).logits, trainer.model(input_ids=ids).logits, atol=1e-5, rtol=1e-5
+        )
+
+
+def test_checkpoints_carry_json_state(tmp_path):
+    model = make_tiny_model("llama", num_hidden_layers=4, intermediate_size=96)
+    args = training_args(tmp_path, save_strategy="steps", save_steps=2)
+    trainer = Trainer(
+        model=model, args=args, train_dataset=token_rows(), callbacks=[PrunerCallback(MagnitudeConfig(0.3))]
+    )
+    trainer.train()
+    state = json.loads((tmp_path / "run" / "checkpoint-2" / "tailored_hf_state.json").read_text())
+    assert state["plan"]["layers"] == model.tailored_hf_plan.to_dict()["layers"]
+    assert (tmp_path / "run" / "checkpoint-2" / PLAN_FILENAME).is_file()
+
+
+def test_unsupported_model_fails_at_trainer_construction(tmp_path):
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=96))
+    with pytest.raises(UnsupportedArchitectureError, match="LLaMA family"):
+        Trainer(
+            model=gpt2,
+            args=training_args(tmp_path),
+            train_dataset=token_rows(),
+            callbacks=[PrunerCallback(MagnitudeConfig(0.2))],
+        )
+
+
+def test_unknown_config_type_is_rejected():
+    with pytest.raises(ValueError, match="No pruning method accepts"):
+        PrunerCallback(object())  # type: ignore[arg-type]
