@@ -10,6 +10,7 @@ from . import modeling  # noqa: E402,F401  (registers the Auto classes)
 from .arch import ARCHITECTURES, UnsupportedArchitectureError, get_arch  # noqa: E402
 from .callback import PrunerCallback  # noqa: E402
 from .loading import load_model  # noqa: E402
+from .methods.depgraph import DepGraphConfig, prune  # noqa: E402
 from .structure import (  # noqa: E402
     PlanError,
     PruningPlan,
@@ -21,6 +22,7 @@ from .structure import (  # noqa: E402
 
 __all__ = [
     "ARCHITECTURES",
+    "DepGraphConfig",
     "PlanError",
     "PrunerCallback",
     "PruningPlan",
@@ -31,5 +33,6 @@ __all__ = [
     "count_parameters",
     "get_arch",
     "load_model",
+    "prune",
     "save_pruned",
 ]

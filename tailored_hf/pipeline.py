@@ -59,15 +59,17 @@ class PipelineConfig:
 
 def evaluate_model(model, tokenizer, cfg: PipelineConfig, validation, prompt: str = "lm_eval") -> dict[str, Any]:
     """Task accuracy (lm-eval protocol) on the validation slice and WikiText-2 perplexity."""
+    from .data import load_lm_text
     from .eval.multiple_choice import score_multiple_choice
-    from .eval.perplexity import perplexity
+    from .eval.perplexity import token_perplexity
 
     model.eval()
     start = time.perf_counter()
     items = map_for_scoring(validation, cfg.task, prompt=prompt, tokenizer=tokenizer)
     result = score_multiple_choice(model, tokenizer, items, batch_size=16)
     scored = time.perf_counter()
-    ppl = perplexity(model, tokenizer, dataset="wikitext2", data_dir=cfg.data_dir, max_windows=cfg.ppl_windows)
+    stream = tokenizer(load_lm_text("wikitext2", data_dir=cfg.data_dir), return_tensors="pt").input_ids[0]
+    ppl = token_perplexity(model, stream, max_windows=cfg.ppl_windows).perplexity
     return {
         "task": cfg.task,
         "prompt": prompt,

@@ -1,0 +1,101 @@
+"""Dependency-group structural pruning (Tailored-LLaMA, arXiv 2410.19185, after LLM-Pruner / DepGraph).
+
+```python
+from tailored_hf.methods.depgraph import DepGraphConfig, prune
+
+model, plan = prune(model, DepGraphConfig(target_sparsity=0.2), tokenizer=tokenizer)
+```
+
+Pieces: `DependencyGraph` (the traced coupling), importance criteria (`TaylorImportance`, ...), `DepGraphPruner`
+(scores -> `PruningPlan`) and `DepGraphMethod` (the Trainer-facing method, registered as `"depgraph"`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...structure import PruningPlan, apply_plan
+from .config import DepGraphConfig
+from .dependency import DependencyGraph, Group, GroupFamily, GroupMember, MemberSpec
+from .importance import (
+    HessianImportance,
+    Importance,
+    MagnitudeImportance,
+    RandomImportance,
+    TaylorImportance,
+    build_importance,
+    compute_importance,
+)
+from .pruner import DepGraphPruner
+
+
+def calibration_for(config: DepGraphConfig, tokenizer) -> torch.LongTensor:
+    """Draw `config.num_calibration_samples` x `config.calibration_seq_len` token ids from the configured source."""
+    from ...data import calibration_batches
+
+    return calibration_batches(
+        tokenizer,
+        source=config.calibration_source,
+        n_samples=config.num_calibration_samples,
+        seq_len=config.calibration_seq_len,
+        seed=config.seed,
+    )
+
+
+def prune(
+    model: nn.Module,
+    config: DepGraphConfig,
+    calibration: torch.Tensor | None = None,
+    tokenizer=None,
+    progress: bool = True,
+) -> tuple[nn.Module, PruningPlan]:
+    """Score dependency groups, build the plan and apply it (in place) with the structure engine.
+
+    Args:
+        model: a LLaMA-family causal LM, plain or PEFT-wrapped.
+        config: the method settings.
+        calibration: token ids `[n, seq_len]`; when omitted, drawn from `config.calibration_source` with
+            `tokenizer` (gradient-based importance only; `l1` / `l2` / `random` need no data).
+        tokenizer: used to draw calibration batches when `calibration` is None.
+        progress: show a progress bar over calibration samples.
+
+    Returns:
+        `(model, plan)`: the same model object, now smaller, and the applied `PruningPlan`.
+    """
+    pruner = DepGraphPruner(config, progress=progress)
+    source = None
+    if calibration is None and pruner.needs_calibration:
+        if tokenizer is None:
+            raise ValueError(
+                f"importance={config.importance!r} needs calibration data: pass `calibration=` (a LongTensor "
+                "[n, seq_len]) or `tokenizer=` to draw it from config.calibration_source."
+            )
+        calibration = calibration_for(config, tokenizer)
+        source = str(config.calibration_source)
+    plan = pruner.compute_plan(model, calibration, calibration_source=source)
+    apply_plan(model, plan)
+    return model, plan
+
+
+from .method import DepGraphMethod  # noqa: E402  (registers "depgraph")
+
+__all__ = [
+    "DepGraphConfig",
+    "DepGraphMethod",
+    "DepGraphPruner",
+    "DependencyGraph",
+    "Group",
+    "GroupFamily",
+    "GroupMember",
+    "HessianImportance",
+    "Importance",
+    "MagnitudeImportance",
+    "MemberSpec",
+    "RandomImportance",
+    "TaylorImportance",
+    "build_importance",
+    "calibration_for",
+    "compute_importance",
+    "prune",
+]
