@@ -513,3 +513,40 @@ def test_method_is_registered_and_prunes_at_init_end():
     restored.on_init_end(fresh)
     assert count_parameters(fresh) == count_parameters(model)
     assert DepGraphConfig(target_sparsity=0.3).non_default_fields() == {"target_sparsity": 0.3}
+
+
+# ---------------------------------------------------------------------------------------------------- real model
+@pytest.mark.slow
+def test_smollm2_groups_and_plan(smollm2):
+    model, _ = smollm2
+    graph = DependencyGraph.build(model)
+    assert {k: sum(f.num_units for f in graph.families(k)) for k in ("hidden", "kv_group", "head", "ffn")} == {
+        "hidden": 576,
+        "kv_group": 30 * 3,
+        "head": 30 * 9,
+        "ffn": 30 * 1536,
+    }
+    assert "shared parameter (tied)" in graph.summary()
+    plan = DepGraphPruner(DepGraphConfig(target_sparsity=0.2, importance="l2"), progress=False).compute_plan(model)
+    assert abs(plan.num_parameters()["sparsity"] - 0.2) <= 0.01
+    assert plan.metadata["layer_range"] == [4, 28]
+    assert all(len(plan.layers[i].ffn) == 1536 for i in (0, 1, 2, 3, 28, 29))
+
+
+def test_eager_attention_and_multi_head_attention():
+    eager = DependencyGraph.build(make_tiny_model("llama", attn_implementation="eager"))
+    assert any(op in ("Bmm", "Softmax") for e in eager.edges if e.kind == "attention" for op in e.ops)
+    assert names(eager.family("kv_group", 1)) == names(
+        DependencyGraph.build(make_tiny_model("llama")).family("kv_group", 1)
+    )
+    mha = DependencyGraph.build(make_tiny_model("mistral", num_key_value_heads=6))
+    # One query head per KV group: a head carries its own k/v rows.
+    assert {m.name.rsplit(".", 2)[1] for m in mha.family("head", 0).members} == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+    }
+    model = make_tiny_model("mistral", num_key_value_heads=6)
+    plan = DepGraphPruner(DepGraphConfig(target_sparsity=0.2), progress=False).compute_plan(model, calibration())
+    assert all(len(lp.heads) == len(lp.kv_heads) for lp in plan.layers)

@@ -492,6 +492,8 @@ def _close(
     uf = _UnionFind()
     owners: dict[tuple[str, int], set[str]] = defaultdict(set)
     for name, unit in units.items():
+        if not unit.in_fns and not unit.out_fns:
+            continue  # never ran in the traced forward (e.g. an inactive PEFT `modules_to_save` copy)
         for side, members in (("in", unit.in_members), ("out", unit.out_members)):
             uf.find((side, name))
             for param, dim, _ in members:
