@@ -79,7 +79,9 @@ def test_generate_predictions_greedy_and_sampling(tiny_model, tiny_tokenizer):
     assert len(greedy) == 1 and len(greedy[0]) == 2
     single = generate_predictions(tiny_model, tiny_tokenizer, prompts[1:], GenerationSettings.greedy(max_new_tokens=4))
     assert single[0][0] == greedy[0][1]  # left padding does not change the greedy continuation
-    sampled = generate_predictions(tiny_model, tiny_tokenizer, prompts, GenerationSettings(max_new_tokens=4, num_runs=2))
+    sampled = generate_predictions(
+        tiny_model, tiny_tokenizer, prompts, GenerationSettings(max_new_tokens=4, num_runs=2)
+    )
     assert len(sampled) == 2
     with pytest.raises(ValueError):
         GenerationSettings(num_runs=0)

@@ -7,10 +7,22 @@ from tailored_hf.eval import encode_pair, loglikelihood_tokens, score_multiple_c
 from tailored_hf.eval.multiple_choice import choice_strings, mean_stderr
 
 ITEMS = [
-    {"contexts": ["Question: How do you open a jar?\nAnswer:"] * 2, "continuations": [" Twist the lid.", " Eat it."], "gold": 0},
-    {"contexts": ["A man is sitting on a roof. He"] * 4, "continuations": [" starts pulling up roofing.", " flows.", " is blue.", " naïve café"], "gold": 0},
+    {
+        "contexts": ["Question: How do you open a jar?\nAnswer:"] * 2,
+        "continuations": [" Twist the lid.", " Eat it."],
+        "gold": 0,
+    },
+    {
+        "contexts": ["A man is sitting on a roof. He"] * 4,
+        "continuations": [" starts pulling up roofing.", " flows.", " is blue.", " naïve café"],
+        "gold": 0,
+    },
     {"contexts": ["The river flows to the sea. ", "The sky"], "continuations": ["yes", " no"], "gold": 1},
-    {"contexts": ["Is the sky blue? The fox", "Is the sky blue? The dog"], "continuations": [" jumps."] * 2, "gold": 1},
+    {
+        "contexts": ["Is the sky blue? The fox", "Is the sky blue? The dog"],
+        "continuations": [" jumps."] * 2,
+        "gold": 1,
+    },
     {"contexts": ["", "x"], "continuations": ["maybe", " maybe"], "gold": 0},
 ]
 
@@ -36,7 +48,9 @@ def test_encode_pair_empty_context_uses_bos(tiny_tokenizer):
 
 
 def test_loglikelihoods_match_unbatched_reference(tiny_model, tiny_tokenizer):
-    requests = [encode_pair(tiny_tokenizer, c, x) for item in ITEMS for c, x in zip(item["contexts"], item["continuations"])]
+    requests = [
+        encode_pair(tiny_tokenizer, c, x) for item in ITEMS for c, x in zip(item["contexts"], item["continuations"])
+    ]
     lls = loglikelihood_tokens(tiny_model, requests, batch_size=3, max_length=256)
     for (ctx, cont), ll in zip(requests, lls):
         assert ll == pytest.approx(_reference_ll(tiny_model, ctx, cont), abs=1e-4)
