@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 CORPUS = [
@@ -33,21 +32,21 @@ def tiny_tokenizer():
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from ..conftest import make_tiny_model
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
+    return make_tiny_model(
+        "llama",
         vocab_size=len(tiny_tokenizer),
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
+        head_dim=16,
         max_position_embeddings=256,
         bos_token_id=tiny_tokenizer.bos_token_id,
         eos_token_id=tiny_tokenizer.eos_token_id,
     )
-    return LlamaForCausalLM(config).eval()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,102 @@
+"""Dense SmolLM2-135M-Instruct baseline: 7 commonsense tasks (zero-shot, validation) + WikiText-2/PTB perplexity.
+
+Writes `benchmarks/results/eval_dense.{json,md}` with wall-clock timings per task.
+
+    python benchmarks/eval_dense.py --limit 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from tailored_hf.eval import COMMONSENSE_TASKS, evaluate_tasks, llm_pruner_perplexity
+from tailored_hf.loading import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    parser.add_argument("--limit", type=int, default=300, help="items per task (validation)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--max-windows", type=int, default=256, help="cap on perplexity windows per dataset (0 = all)")
+    parser.add_argument("--tasks", default=",".join(COMMONSENSE_TASKS))
+    parser.add_argument("--out", default=str(RESULTS_DIR / "eval_dense"))
+    args = parser.parse_args()
+
+    start = time.perf_counter()
+    model, tokenizer = load_model(args.model)
+    load_s = time.perf_counter() - start
+    tasks = [t for t in args.tasks.split(",") if t]
+    mc_start = time.perf_counter()
+    mc = evaluate_tasks(model, tokenizer, tasks, data_dir=args.data_dir, limit=args.limit, batch_size=args.batch_size)
+    mc_s = time.perf_counter() - mc_start
+    ppl = {}
+    for name in ("wikitext2", "ptb"):
+        t0 = time.perf_counter()
+        res = llm_pruner_perplexity(
+            model,
+            tokenizer,
+            args.data_dir,
+            datasets=(name,),
+            seq_len=args.seq_len,
+            max_windows=args.max_windows or None,
+        )[name]
+        ppl[name] = {**res.__dict__, "seconds": time.perf_counter() - t0}
+    mean_primary = sum(r["primary"] for r in mc.values()) / len(mc)
+    report = {
+        "model": args.model,
+        "limit": args.limit,
+        "split": "validation",
+        "prompt": "lm_eval (zero-shot)",
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "load_seconds": load_s,
+        "multiple_choice_seconds": mc_s,
+        "tasks": mc,
+        "mean_primary": mean_primary,
+        "perplexity": ppl,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [
+        f"# Dense {args.model}: zero-shot commonsense (validation, first {args.limit} items) and perplexity",
+        "",
+        "| task | primary | acc | acc_norm | n | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for task, r in mc.items():
+        lines.append(
+            f"| {task} | {r['primary_metric']} {100 * r['primary']:.2f} | {100 * r['acc']:.2f} ± {100 * r['acc_stderr']:.2f} "
+            f"| {100 * r['acc_norm']:.2f} ± {100 * r['acc_norm_stderr']:.2f} | {r['n']} | {r['seconds']:.1f} |"
+        )
+    lines += [
+        f"| **mean (primary)** | {100 * mean_primary:.2f} | | | | {mc_s:.1f} |",
+        "",
+        f"Perplexity (LLM-Pruner protocol, seq_len {args.seq_len}, non-overlapping windows):",
+        "",
+        "| dataset | ppl | windows | tokens | seconds |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in ppl.items():
+        lines.append(f"| {name} | {r['perplexity']:.2f} | {r['n_windows']} | {r['n_tokens']} | {r['seconds']:.1f} |")
+    lines += ["", f"{torch.get_num_threads()} torch threads; model load {load_s:.1f}s."]
+    md = "\n".join(lines) + "\n"
+    out.with_suffix(".md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
