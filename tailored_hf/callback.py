@@ -66,6 +66,12 @@ class PrunerCallback(TrainerCallback):
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         self.method.on_step_begin(kwargs["model"], args=args, state=state, optimizer=kwargs.get("optimizer"))
 
+    def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self.method.on_pre_optimizer_step(kwargs["model"], args=args, state=state, optimizer=kwargs.get("optimizer"))
+
+    def on_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self.method.on_optimizer_step(kwargs["model"], args=args, state=state, optimizer=kwargs.get("optimizer"))
+
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         self.method.on_step_end(kwargs["model"], args=args, state=state, optimizer=kwargs.get("optimizer"))
         self._after_event(kwargs["model"])

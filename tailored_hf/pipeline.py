@@ -29,7 +29,9 @@ class PipelineConfig:
     """Settings of the prune-and-recover job (every field is a `--flag` of `python -m tailored_hf.pipeline`)."""
 
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "Local path, Hub id or offline alias."})
-    task: str = field(default="boolq", metadata={"help": "Task to tailor the model to."})
+    task: str = field(
+        default="piqa", metadata={"help": "Task to tailor the model to (PIQA: short items, fits the CPU demo)."}
+    )
     method: str = field(default="depgraph", metadata={"help": "Pruning method: depgraph or magnitude."})
     target_sparsity: float = field(default=0.2, metadata={"help": "Fraction of total parameters removed."})
     k_shots: int = field(default=50, metadata={"help": "Training shots for recovery (paper: 50)."})
@@ -66,7 +68,7 @@ def evaluate_model(model, tokenizer, cfg: PipelineConfig, validation, prompt: st
     model.eval()
     start = time.perf_counter()
     items = map_for_scoring(validation, cfg.task, prompt=prompt, tokenizer=tokenizer)
-    result = score_multiple_choice(model, tokenizer, items, batch_size=16)
+    result = score_multiple_choice(model, tokenizer, items, batch_size=16, packed=True)
     scored = time.perf_counter()
     stream = tokenizer(load_lm_text("wikitext2", data_dir=cfg.data_dir), return_tensors="pt").input_ids[0]
     ppl = token_perplexity(model, stream, max_windows=cfg.ppl_windows).perplexity
@@ -178,7 +180,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
 
     t = time.perf_counter()
     if cfg.prompt is None:
-        selection = select_prompt(model, tokenizer, dev, cfg.task)
+        selection = select_prompt(model, tokenizer, dev, cfg.task, packed=True)
         prompt = selection.best
         selection_table = selection.table
     else:

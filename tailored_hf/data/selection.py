@@ -61,6 +61,7 @@ def select_prompt(
     candidates: Sequence[str] | None = None,
     metric: str = "acc",
     batch_size: int = 16,
+    packed: bool = False,
 ) -> PromptSelection:
     """Score every candidate prompt on `dev` and return the best (ties go to the earlier candidate).
 
@@ -71,6 +72,8 @@ def select_prompt(
         task: task name.
         candidates: prompt names; default every registered prompt except `chat` when the tokenizer has no template.
         metric: `"acc"` or `"acc_norm"`.
+        batch_size: scoring batch size.
+        packed: score the choices of an item in one packed sequence (see `score_multiple_choice`).
     """
     from ..eval.multiple_choice import score_multiple_choice
 
@@ -87,7 +90,7 @@ def select_prompt(
     table = []
     for name in candidates:
         items = map_for_scoring(dev, spec.name, prompt=name, tokenizer=tokenizer)
-        result = score_multiple_choice(model, tokenizer, items, batch_size=batch_size)
+        result = score_multiple_choice(model, tokenizer, items, batch_size=batch_size, packed=packed)
         table.append({"prompt": name, "acc": result.acc, "acc_norm": result.acc_norm, "n": result.n})
         logger.info("prompt %-10s %s=%.4f (n=%d)", name, metric, table[-1][metric], result.n)
     best = max(range(len(table)), key=lambda i: (table[i][metric], -i))

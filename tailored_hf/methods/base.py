@@ -52,6 +52,12 @@ class PruningMethod:
 
     def on_step_begin(self, model: nn.Module, **context: Any) -> None: ...
 
+    def on_pre_optimizer_step(self, model: nn.Module, **context: Any) -> None:
+        """After gradient clipping, before the Trainer's optimizer steps (gradients of the model are intact)."""
+
+    def on_optimizer_step(self, model: nn.Module, **context: Any) -> None:
+        """After the Trainer's optimizer step, before `model.zero_grad()`: step method-owned optimizers here."""
+
     def on_step_end(self, model: nn.Module, **context: Any) -> None: ...
 
     def on_train_end(self, model: nn.Module, **context: Any) -> None: ...
