@@ -14,6 +14,7 @@ from functools import wraps
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -27,6 +28,7 @@ from .structure.plan import atomic_write_text
 logger = logging.getLogger(__name__)
 
 STATE_FILENAME = "tailored_hf_state.json"
+TENSOR_STATE_FILENAME = "tailored_hf_state.safetensors"
 LOG_PREFIX = "pruning/"
 
 
@@ -95,6 +97,11 @@ class PrunerCallback(TrainerCallback):
         checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if checkpoint.is_dir():
             atomic_write_text(checkpoint / STATE_FILENAME, json.dumps(self.method.state_dict()))
+            tensors = self.method.tensor_state_dict()
+            if tensors:
+                tmp = checkpoint / (TENSOR_STATE_FILENAME + ".tmp")
+                save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+                os.replace(tmp, checkpoint / TENSOR_STATE_FILENAME)
 
     # ------------------------------------------------------------------------------------------------ helpers
     def _after_event(self, model: nn.Module) -> None:
@@ -109,6 +116,9 @@ class PrunerCallback(TrainerCallback):
         if path.is_file():
             self.method.load_state_dict(json.loads(path.read_text()))
             logger.info("Restored pruning state from %s", path)
+        tensor_path = path.with_name(TENSOR_STATE_FILENAME)
+        if tensor_path.is_file():
+            self.method.load_tensor_state_dict(load_file(str(tensor_path)))
 
 
 def install_pruned_save(model: nn.Module, merge_adapters: bool = True) -> None:

@@ -4,4 +4,12 @@ from .base import METHOD_REGISTRY, MethodConfig, PruningMethod, build_method, re
 from .depgraph import DepGraphConfig
 from .magnitude import MagnitudeConfig
 
-__all__ = ["METHOD_REGISTRY", "DepGraphConfig", "MagnitudeConfig", "MethodConfig", "PruningMethod", "build_method", "register_method"]
+__all__ = [
+    "METHOD_REGISTRY",
+    "DepGraphConfig",
+    "MagnitudeConfig",
+    "MethodConfig",
+    "PruningMethod",
+    "build_method",
+    "register_method",
+]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from ..structure import PruningPlan
@@ -70,6 +71,14 @@ class PruningMethod:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.plan = PruningPlan.from_dict(state["plan"]) if state.get("plan") else None
         self.metrics = dict(state.get("metrics", {}))
+
+    def tensor_state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors of the method's state (masks, snapshots, generator, optimizer moments) saved as safetensors
+        next to the JSON state in every checkpoint. Empty by default."""
+        return {}
+
+    def load_tensor_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what `tensor_state_dict` returned (called on resume, after `load_state_dict`)."""
 
 
 METHOD_REGISTRY: dict[str, type[PruningMethod]] = {}
