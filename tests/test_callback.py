@@ -18,7 +18,7 @@ from transformers import (
 )
 
 from tailored_hf import PrunerCallback, UnsupportedArchitectureError
-from tailored_hf.methods import MagnitudeConfig
+from tailored_hf.methods import DepGraphConfig, MagnitudeConfig
 from tailored_hf.structure import PLAN_FILENAME, PruningPlan, count_parameters
 
 from .conftest import make_tiny_model
@@ -50,6 +50,17 @@ def prompt_rows(n: int = 16) -> Dataset:
     )
 
 
+def method_config(name: str, target: float):
+    """The two prune-at-init methods under test: magnitude and the dependency-group pass (Taylor)."""
+    if name == "magnitude":
+        return MagnitudeConfig(target_sparsity=target)
+    return DepGraphConfig(target_sparsity=target, num_calibration_samples=4, calibration_seq_len=8)
+
+
+def calibration_ids() -> torch.Tensor:
+    return torch.randint(0, 90, (4, 8), generator=torch.Generator().manual_seed(1))
+
+
 def training_args(tmp_path, **overrides) -> TrainingArguments:
     kwargs = dict(
         output_dir=str(tmp_path / "run"),
@@ -66,15 +77,16 @@ def training_args(tmp_path, **overrides) -> TrainingArguments:
     return TrainingArguments(**kwargs)
 
 
+@pytest.mark.parametrize("method", ["magnitude", "depgraph"])
 @pytest.mark.parametrize("with_lora", [False, True])
-def test_callback_in_plain_trainer(tmp_path, with_lora):
+def test_callback_in_plain_trainer(tmp_path, with_lora, method):
     from peft import get_peft_model
 
     model = make_tiny_model("llama", tied=True, num_hidden_layers=4, intermediate_size=96)
     if with_lora:
         model = get_peft_model(model, LoraConfig(r=4, target_modules=LORA_TARGETS))
     dense = model.num_parameters() if not with_lora else model.get_base_model().num_parameters()
-    callback = PrunerCallback(MagnitudeConfig(target_sparsity=0.3))
+    callback = PrunerCallback(method_config(method, 0.3), calibration=calibration_ids())
     trainer = Trainer(model=model, args=training_args(tmp_path), train_dataset=token_rows(), callbacks=[callback])
     assert count_parameters(trainer.model) < dense  # pruned at construction, before any optimizer exists
     assert trainer.optimizer is None
@@ -93,7 +105,8 @@ def test_callback_in_plain_trainer(tmp_path, with_lora):
         )
 
 
-def test_callback_in_sft_trainer_with_peft_config(tmp_path, tokenizer):
+@pytest.mark.parametrize("method", ["magnitude", "depgraph"])
+def test_callback_in_sft_trainer_with_peft_config(tmp_path, tokenizer, method):
     from trl import SFTConfig, SFTTrainer
 
     model = make_tiny_model("qwen2", tied=False, num_hidden_layers=4, intermediate_size=96)
@@ -117,7 +130,7 @@ def test_callback_in_sft_trainer_with_peft_config(tmp_path, tokenizer):
         train_dataset=prompt_rows(),
         processing_class=tokenizer,
         peft_config=LoraConfig(r=4, target_modules=LORA_TARGETS),
-        callbacks=[PrunerCallback(MagnitudeConfig(0.25))],
+        callbacks=[PrunerCallback(method_config(method, 0.25), calibration=calibration_ids())],
     )
     base = trainer.model.get_base_model()
     plan = base.tailored_hf_plan

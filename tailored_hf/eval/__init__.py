@@ -1,6 +1,7 @@
 """Evaluation: lm-eval-exact multiple-choice scoring, lm-eval bridge, perplexity, generation metrics, reports."""
 
 from .aggregate import mean_accuracy, recovery_rate, relative_performance, task_score
+from .domain import evaluate_domain_task
 from .evaluate import PRIMARY_METRIC, evaluate_tasks
 from .generation import (
     GenerationSettings,
@@ -37,6 +38,7 @@ __all__ = [
     "GenerationSettings",
     "accuracy",
     "average_over_runs",
+    "evaluate_domain_task",
     "extract_label",
     "generate_predictions",
     "macro_f1",
