@@ -1,0 +1,295 @@
+"""Tailored-LLaMA's Tables 1-3 at small scale: SmolLM2-135M, dependency-group pruning at 20% / 50%, recovery variants.
+
+Per pruning ratio: dense; pruned without tuning; pruned + generic Alpaca LoRA; pruned + task-specific LoRA on K=50
+shots of each task (one adapter per task, Table 1/2). Beside them: dense + the same task-specific LoRA (the fair
+ceiling) and the shot ablation K = 10 / 50 / 200 on one task (Table 3). Every number is zero-shot lm-eval-protocol
+accuracy on the first N validation items (primary metric per task as LLM-Pruner reports it) and WikiText-2 token
+perplexity (LLM-Pruner protocol, a capped number of 128-token windows).
+
+Recovery follows the paper: LoRA r=8 on all projections, lr 1e-4, 3 epochs, AdamW, completion-only loss; batch 8
+(the paper's 64 would make 50 shots a single step per epoch). The task-specific prompt is the task's own lm-eval
+format (the same format is scored); generic tuning uses the Alpaca template on 7*K Alpaca rows (the same number of
+examples as the seven task adapters together). Cells are cached in the JSON so an interrupted run resumes.
+
+    .venv/bin/python benchmarks/tailored_llama.py                      # full report (about an hour on 2 quiet cores)
+    .venv/bin/python benchmarks/tailored_llama.py --limit 20 --ratios 0.2 --tasks piqa --k-ablation 10  # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tailored_hf.data import calibration_batches, load_lm_text, load_task_split, map_for_training, sample_k_shots
+from tailored_hf.eval import COMMONSENSE_TASKS, evaluate_tasks, token_perplexity
+from tailored_hf.loading import load_model
+from tailored_hf.methods.depgraph import DepGraphConfig, prune
+from tailored_hf.structure import count_parameters
+from tailored_hf.structure.plan import atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results" / "tailored_llama"
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+#: Chance accuracy per task (2-way BoolQ/PIQA/WinoGrande, 4-way HellaSwag/ARC/OBQA).
+CHANCE = {"boolq": 0.5, "piqa": 0.5, "winogrande": 0.5, "hellaswag": 0.25, "arc_easy": 0.25}
+CHANCE |= {"arc_challenge": 0.25, "openbookqa": 0.25}
+NEAR_CHANCE = 0.02
+
+logger = logging.getLogger("tailored_llama")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.5])
+    parser.add_argument("--tasks", nargs="+", default=list(COMMONSENSE_TASKS))
+    parser.add_argument("--limit", type=int, default=200, help="validation items per task")
+    parser.add_argument("--boolq-limit", type=int, default=100, help="BoolQ items (long passages)")
+    parser.add_argument("--ppl-windows", type=int, default=40, help="WikiText-2 windows of 128 tokens")
+    parser.add_argument("--k", type=int, default=50, help="task shots (paper: 50)")
+    parser.add_argument("--k-ablation", type=int, nargs="*", default=[10, 50, 200])
+    parser.add_argument("--ablation-task", default="piqa")
+    parser.add_argument("--lora-r", type=int, default=8)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(RESULTS))
+    return parser.parse_args()
+
+
+class Bench:
+    """Cached cells: `cell(key, fn)` runs `fn` once and stores its JSON result."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.path = Path(args.out + ".json")
+        settings = {k: v for k, v in vars(args).items() if k != "out"}
+        self.data: dict[str, Any] = {"settings": settings, "cells": {}}
+        if self.path.is_file():
+            previous = json.loads(self.path.read_text())
+            if previous.get("settings") == settings:
+                self.data = previous
+        self.model, self.tokenizer = load_model(args.model)
+        self.wikitext = self.tokenizer(
+            load_lm_text("wikitext2", data_dir=args.data_dir), return_tensors="pt"
+        ).input_ids[0]
+
+    def cell(self, key: str, fn) -> Any:
+        if key not in self.data["cells"]:
+            start = time.perf_counter()
+            value = fn()
+            self.data["cells"][key] = {"value": value, "seconds": time.perf_counter() - start}
+            self.save()
+            logger.info("%s done in %.0fs", key, self.data["cells"][key]["seconds"])
+        return self.data["cells"][key]["value"]
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps(self.data, indent=2))
+
+    # ------------------------------------------------------------------------------------------------ pieces
+    def evaluate(self, model, tasks: list[str]) -> dict[str, Any]:
+        scores = {}
+        for task in tasks:
+            limit = self.args.boolq_limit if task == "boolq" else self.args.limit
+            result = evaluate_tasks(model, self.tokenizer, [task], data_dir=self.args.data_dir, limit=limit)[task]
+            scores[task] = {"score": result["primary"], "metric": result["primary_metric"], "n": result["n"]}
+        ppl = token_perplexity(model, self.wikitext, max_windows=self.args.ppl_windows).perplexity
+        return {"tasks": scores, "wikitext2_ppl": ppl}
+
+    def shots(self, task: str, k: int):
+        train = load_task_split(task, "train", data_dir=self.args.data_dir)
+        prompt = "alpaca" if task == "alpaca" else "lm_eval"
+        return map_for_training(sample_k_shots(train, k, seed=self.args.seed, task=task), task, prompt=prompt)
+
+    def tune(self, model, train) -> tuple[torch.nn.Module, dict[str, float]]:
+        """LoRA recovery (paper settings), merged back into the weights for evaluation."""
+        from peft import LoraConfig
+        from trl import SFTConfig, SFTTrainer
+
+        args = SFTConfig(
+            output_dir=str(Path(self.args.out).parent / "trainer"),
+            per_device_train_batch_size=self.args.batch_size,
+            num_train_epochs=self.args.epochs,
+            learning_rate=self.args.learning_rate,
+            warmup_steps=0.1,  # a float in [0, 1) is a ratio of the total steps (transformers 5)
+            optim="adamw_torch",
+            save_strategy="no",
+            report_to=[],
+            bf16=False,
+            activation_checkpointing=False,
+            use_cpu=True,
+            max_length=512,
+            completion_only_loss=True,
+            seed=self.args.seed,
+            disable_tqdm=True,
+            logging_steps=10,
+        )
+        lora = LoraConfig(r=self.args.lora_r, lora_alpha=2 * self.args.lora_r, lora_dropout=0.05)
+        lora.target_modules = LORA_TARGETS
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=train, processing_class=self.tokenizer, peft_config=lora
+        )
+        result = trainer.train()
+        merged = trainer.model.merge_and_unload()
+        return merged, {"train_loss": result.training_loss, "steps": result.global_step}
+
+    def pruned(self, ratio: float):
+        config = DepGraphConfig(target_sparsity=ratio, seed=self.args.seed)
+        calibration = calibration_batches(
+            self.tokenizer,
+            source=config.calibration_source,
+            n_samples=config.num_calibration_samples,
+            seq_len=config.calibration_seq_len,
+            seed=self.args.seed,
+            data_dir=self.args.data_dir,
+        )
+        model = copy.deepcopy(self.model)
+        _, plan = prune(model, config, calibration=calibration)
+        return model, plan
+
+    def tuned_cell(self, base, key: str, train, tasks: list[str]) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
+            tuned, stats = self.tune(copy.deepcopy(base), train)
+            return {**self.evaluate(tuned, tasks), "training": stats, "examples": len(train)}
+
+        return self.cell(key, run)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.manual_seed(0)
+    args = parse_args()
+    bench = Bench(args)
+    tasks = args.tasks
+    dense_params = count_parameters(bench.model)
+    bench.cell("dense", lambda: bench.evaluate(bench.model, tasks))
+    for task in tasks:
+        bench.tuned_cell(bench.model, f"dense+task/{task}", bench.shots(task, args.k), [task])
+    alpaca = bench.shots("alpaca", args.k * len(tasks))
+    for ratio in args.ratios:
+        tag = f"{ratio:.0%}"
+        model, plan = bench.pruned(ratio)
+        bench.data.setdefault("params", {})[tag] = {
+            "dense": dense_params,
+            "pruned": count_parameters(model),
+            "achieved": 1 - count_parameters(model) / dense_params,
+            "per_layer": plan.per_layer_sizes(),
+        }
+        bench.cell(f"{tag}/pruned", lambda model=model: bench.evaluate(model, tasks))
+        bench.tuned_cell(model, f"{tag}/alpaca", alpaca, tasks)
+        for task in tasks:
+            bench.tuned_cell(model, f"{tag}/task/{task}", bench.shots(task, args.k), [task])
+        if ratio == args.ratios[0]:
+            for k in args.k_ablation:
+                key = f"{tag}/task/{args.ablation_task}" if k == args.k else f"{tag}/k{k}/{args.ablation_task}"
+                bench.tuned_cell(model, key, bench.shots(args.ablation_task, k), [args.ablation_task])
+        del model
+    bench.data["environment"] = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+    }
+    bench.save()
+    atomic_write_text(Path(args.out + ".md"), render(bench.data))
+    print(render(bench.data))
+
+
+def render(data: dict[str, Any]) -> str:
+    """Markdown tables: one per ratio (Table 1/2 layout), then the ceiling and the K ablation."""
+    s = data["settings"]
+    cells = {k: v["value"] for k, v in data["cells"].items()}
+    tasks = s["tasks"]
+
+    def score(key: str, task: str) -> float | None:
+        cell = cells.get(key)
+        return cell["tasks"][task]["score"] if cell and task in cell["tasks"] else None
+
+    def row(label: str, values: list[float | None], ppl: float | None) -> str:
+        present = [v for v in values if v is not None]
+        mean = sum(present) / len(present) if len(present) == len(values) else None
+        fmt = lambda v: "—" if v is None else f"{100 * v:.1f}"  # noqa: E731
+        ppl_text = "—" if ppl is None or not math.isfinite(ppl) else f"{ppl:.1f}"
+        return f"| {label} | " + " | ".join(fmt(v) for v in values) + f" | {fmt(mean)} | {ppl_text} |"
+
+    dense = [score("dense", t) for t in tasks]
+    header = "| model | " + " | ".join(tasks) + " | mean | WikiText-2 ppl |"
+    rule = "|---" * (len(tasks) + 3) + "|"
+    near = [t for t, v in zip(tasks, dense) if v is not None and v - CHANCE[t] <= NEAR_CHANCE]
+    lines = [
+        "# Tailored-LLaMA at small scale: SmolLM2-135M-Instruct, dependency-group pruning + LoRA recovery",
+        "",
+        f"Zero-shot accuracy (%) on the first {s['limit']} validation items per task (BoolQ {s['boolq_limit']}), "
+        f"lm-eval protocol, primary metric per task (acc_norm for HellaSwag / ARC-c / OBQA, acc otherwise); "
+        f"WikiText-2 token perplexity over {s['ppl_windows']} windows of 128 tokens. Recovery: LoRA r={s['lora_r']}, "
+        f"lr {s['learning_rate']}, {s['epochs']:g} epochs, batch {s['batch_size']}, K={s['k']} task shots in the "
+        f"task's lm-eval format; Alpaca: {s['k'] * len(tasks)} rows in the Alpaca template. Seed {s['seed']}.",
+        "",
+        "Chance: "
+        + ", ".join(f"{t} {100 * CHANCE[t]:.0f}" for t in tasks)
+        + (f". Dense within 2 points of chance: {', '.join(near)}." if near else "."),
+        "",
+    ]
+    dense_ppl = cells.get("dense", {}).get("wikitext2_ppl")
+    ceiling = [score(f"dense+task/{t}", t) for t in tasks]
+    for ratio in s["ratios"]:
+        tag = f"{ratio:.0%}"
+        params = data.get("params", {}).get(tag)
+        achieved = f"{params['pruned']:,} params, {params['achieved']:.1%} removed" if params else ""
+        lines += [f"## {tag} of parameters removed ({achieved})", "", header, rule]
+        lines.append(row("dense", dense, dense_ppl))
+        lines.append(row("dense + task LoRA (ceiling)", ceiling, None))
+        lines.append(
+            row(
+                "pruned, no tune",
+                [score(f"{tag}/pruned", t) for t in tasks],
+                cells.get(f"{tag}/pruned", {}).get("wikitext2_ppl"),
+            )
+        )
+        lines.append(
+            row(
+                "pruned + Alpaca LoRA",
+                [score(f"{tag}/alpaca", t) for t in tasks],
+                cells.get(f"{tag}/alpaca", {}).get("wikitext2_ppl"),
+            )
+        )
+        lines.append(row(f"pruned + task LoRA (K={s['k']})", [score(f"{tag}/task/{t}", t) for t in tasks], None))
+        lines.append("")
+    if s["k_ablation"]:
+        tag = f"{s['ratios'][0]:.0%}"
+        task = s["ablation_task"]
+        lines += [
+            f"## Shots ablation (Table 3): {task}, {tag} pruned",
+            "",
+            "| K | score | train steps |",
+            "|---|---|---|",
+        ]
+        for k in s["k_ablation"]:
+            key = f"{tag}/task/{task}" if k == s["k"] else f"{tag}/k{k}/{task}"
+            cell = cells.get(key)
+            if cell:
+                lines.append(f"| {k} | {100 * cell['tasks'][task]['score']:.1f} | {cell['training']['steps']} |")
+        lines.append("")
+    timing = sum(v["seconds"] for v in data["cells"].values())
+    lines.append(
+        f"Total cell time: {timing / 60:.1f} min. Reproduce: `.venv/bin/python benchmarks/tailored_llama.py`."
+    )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
