@@ -20,6 +20,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import arch as A
+from .distributed import check_same_on_all_ranks
 from .methods.base import MethodConfig, build_method
 from .structure import PLAN_ATTRIBUTE, PLAN_FILENAME
 from .structure.io import save_pruned
@@ -57,6 +58,7 @@ class PrunerCallback(TrainerCallback):
         self.method.on_init_end(
             model, tokenizer=kwargs.get("processing_class"), args=args, calibration=self.calibration
         )
+        self._check_ranks_agree()
         self._after_event(model)
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
@@ -80,6 +82,7 @@ class PrunerCallback(TrainerCallback):
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         self.method.on_train_end(kwargs["model"], args=args, state=state)
+        self._check_ranks_agree()
         self._after_event(kwargs["model"])
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
@@ -110,6 +113,12 @@ class PrunerCallback(TrainerCallback):
         self._logged.update(fresh)
         if self.method.plan is not None and not getattr(model, "_tailored_hf_save_installed", False):
             install_pruned_save(model, merge_adapters=self.merge_adapters_on_save)
+
+    def _check_ranks_agree(self) -> None:
+        """Under several processes, stop unless every rank holds the same plan (metadata such as timings aside)."""
+        if self.method.plan is not None:
+            structure = {k: v for k, v in self.method.plan.to_dict().items() if k != "metadata"}
+            check_same_on_all_ranks(json.dumps(structure, sort_keys=True), "pruning plan")
 
     def _restore(self, args: TrainingArguments, state: TrainerState) -> None:
         path = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}" / STATE_FILENAME

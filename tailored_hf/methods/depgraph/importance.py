@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ... import arch as A
+from ...distributed import all_reduce_sum_, rank_and_world_size
 from .dependency import DependencyGraph, GroupFamily
 
 AGGREGATIONS = ("sum", "mean", "max", "prod")
@@ -217,10 +218,16 @@ def compute_importance(
 
     if importance.needs_gradients:
         calibration = check_calibration(calibration, getattr(lm.config, "vocab_size", None))
+        rank, world_size = rank_and_world_size()
         batches = _run_gradient_pass(
-            model, lm, params, needed, importance, calibration, batch_size, progress, accumulate
+            model, lm, params, needed, importance, calibration, batch_size, progress, accumulate, rank, world_size
         )
-        reduced = {key: value / batches for key, value in reduced.items()}
+        if world_size > 1:  # every rank scored its share of the batches: sum the scores and the batch counts
+            for key in sorted(needed_keys(needed)):
+                reduced.setdefault(key, torch.zeros(params[key[0]].shape[key[1]], dtype=torch.float64))
+                all_reduce_sum_(reduced[key])
+            batches = int(all_reduce_sum_(torch.tensor([batches], dtype=torch.float64)).item())
+        reduced = {key: value / max(batches, 1) for key, value in reduced.items()}
     else:
         with torch.no_grad():
             for name in needed:
@@ -241,7 +248,15 @@ def compute_importance(
     return scores
 
 
-def _run_gradient_pass(model, lm, params, needed, importance, calibration, batch_size, progress, accumulate) -> int:
+def needed_keys(needed: dict[str, set[int]]) -> list[tuple[str, int]]:
+    """Every `(parameter name, dim)` whose scores are reduced, in a rank-independent order."""
+    return [(name, dim) for name in sorted(needed) for dim in sorted(needed[name])]
+
+
+def _run_gradient_pass(
+    model, lm, params, needed, importance, calibration, batch_size, progress, accumulate, rank=0, world_size=1
+) -> int:
+    """Backward over the calibration micro-batches (those with `index % world_size == rank` on this rank)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     all_params = list(lm.named_parameters())
@@ -276,9 +291,11 @@ def _run_gradient_pass(model, lm, params, needed, importance, calibration, batch
         for name in needed:
             handles.append(params[name].register_post_accumulate_grad_hook(make_hook(name)))
         model.eval()
-        bar = tqdm(total=calibration.shape[0], desc="depgraph importance", unit="sample", disable=not progress)
+        starts = list(range(0, calibration.shape[0], batch_size))[rank::world_size]
+        share = sum(min(batch_size, calibration.shape[0] - start) for start in starts)
+        bar = tqdm(total=share, desc="depgraph importance", unit="sample", disable=not progress or rank > 0)
         with torch.enable_grad():
-            for start in range(0, calibration.shape[0], batch_size):
+            for start in starts:
                 ids = calibration[start : start + batch_size].to(device)
                 loss = model(input_ids=ids, labels=ids, use_cache=False).loss
                 if not torch.isfinite(loss):
@@ -296,7 +313,7 @@ def _run_gradient_pass(model, lm, params, needed, importance, calibration, batch
             p.requires_grad_(flags[name])
             p.grad = saved_grads[name]
         model.train(was_training)
-    return max(batches, 1)
+    return batches
 
 
 def normalise(scores: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
