@@ -1,0 +1,46 @@
+"""Kill -9 after a checkpoint, resume with `resume_from_checkpoint`: same plan and weights as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tailored_hf.callback import STATE_FILENAME
+from tailored_hf.structure import PLAN_FILENAME
+
+SCRIPT = Path(__file__).with_name("resume_script.py")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(args: list[str], expect_kill: bool = False) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=600)
+    if expect_kill:
+        assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    else:
+        assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["depgraph", "magnitude"])
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, method):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run([str(straight), method])
+    run([str(killed), method, "--die-at", "3"], expect_kill=True)
+    checkpoint = killed / "run" / "checkpoint-2"
+    assert (checkpoint / STATE_FILENAME).is_file() and (checkpoint / PLAN_FILENAME).is_file()
+    assert not (killed / "model").exists()  # died before any final save
+    run([str(killed), method, "--resume"])
+
+    a = json.loads((straight / "result.json").read_text())
+    b = json.loads((killed / "result.json").read_text())
+    assert a["plan"] == b["plan"]
+    assert a["weights"].keys() == b["weights"].keys()
+    for name, value in a["weights"].items():
+        assert b["weights"][name] == pytest.approx(value, rel=1e-5, abs=1e-7), name
