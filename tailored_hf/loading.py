@@ -94,7 +94,8 @@ def load_model(
     Args:
         name_or_path (`str`): a local directory, a Hub id, or an offline alias (see `OFFLINE_ALIASES`).
         dtype (`torch.dtype`): weights dtype (fp32 by default; pruning math is done in fp32).
-        **kwargs: forwarded to `AutoModelForCausalLM.from_pretrained`.
+        **kwargs: forwarded to `AutoModelForCausalLM.from_pretrained` (`use_safetensors=True` is enforced: a
+            checkpoint that only has pickled `*.bin` weights is refused).
 
     Returns:
         `(model, tokenizer)`; the tokenizer always has a pad token (EOS when the checkpoint defines none).
@@ -103,6 +104,8 @@ def load_model(
 
     if kwargs.get("trust_remote_code"):
         raise ValueError("tailored_hf never loads remote code; drop `trust_remote_code`.")
+    if kwargs.setdefault("use_safetensors", True) is not True:
+        raise ValueError("tailored_hf loads safetensors weights only (pickled checkpoints can run code); convert first.")
     path: str | Path = resolve_offline_alias(name_or_path) if name_or_path in OFFLINE_ALIASES else name_or_path
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
     if Path(path).is_dir():
