@@ -9,7 +9,12 @@ Where each mask acts:
 * FFN channels: the input of `down_proj`;
 * hidden channels: the residual stream (embedding output, `o_proj` / `down_proj` outputs) and every RMSNorm,
   which then normalises over the *kept* channels only, exactly as the sliced norm would;
-* whole layers: the decoder layer's output becomes `x + z * (layer(x) - x)`.
+* whole layers: the decoder layer's output becomes `x + z * (layer(x) - x)`;
+* query/key rotate-half pairs of layer *i* (`set_qk_pairs`, one value per pair, shared by every query and key
+  head): the outputs of `q_proj` and `k_proj`, both dims `(p, p + qk_dim // 2)` of pair `p` in every head, so the
+  rotated query/key are zero there too and RoPE stays exact;
+* value dims of layer *i* (`set_v_dims`, one value per dim, shared by every value head): the output of `v_proj`,
+  hence the matching per-head input columns of `o_proj`.
 
 Install masks *after* wrapping a model with PEFT so that LoRA branches are masked too.
 """
@@ -48,6 +53,8 @@ class RuntimeMasks:
         self.ffn: dict[int, torch.Tensor] = {}
         self.hidden: torch.Tensor | None = None
         self.layers: torch.Tensor | None = None
+        self.qk_pairs: dict[int, torch.Tensor] = {}
+        self.v_dims: dict[int, torch.Tensor] = {}
         self._handles: list[Any] = []
 
     # ------------------------------------------------------------------ values
@@ -56,6 +63,14 @@ class RuntimeMasks:
 
     def set_ffn(self, layer: int, mask: torch.Tensor | None) -> None:
         self._set(self.ffn, layer, mask, self.geometry.layers[layer].intermediate_size, "ffn")
+
+    def set_qk_pairs(self, layer: int, mask: torch.Tensor | None) -> None:
+        """Mask rotate-half query/key pairs of `layer` (`qk_dim // 2` entries, shared by all its heads)."""
+        self._set(self.qk_pairs, layer, mask, self.geometry.layers[layer].num_rotary_pairs, "qk_pairs")
+
+    def set_v_dims(self, layer: int, mask: torch.Tensor | None) -> None:
+        """Mask value dims of `layer` (`v_dim` entries, shared by all its value heads)."""
+        self._set(self.v_dims, layer, mask, self.geometry.layers[layer].v_dim, "v_dims")
 
     def set_hidden(self, mask: torch.Tensor | None) -> None:
         _check_size(mask, self.geometry.hidden_size, "hidden")
@@ -68,6 +83,8 @@ class RuntimeMasks:
     def clear(self) -> None:
         self.heads.clear()
         self.ffn.clear()
+        self.qk_pairs.clear()
+        self.v_dims.clear()
         self.hidden = None
         self.layers = None
 
@@ -81,6 +98,10 @@ class RuntimeMasks:
                 self.set_heads(index, _indicator(layer_plan.heads, geo.num_heads))
             if len(layer_plan.ffn) != geo.intermediate_size:
                 self.set_ffn(index, _indicator(layer_plan.ffn, geo.intermediate_size))
+            if layer_plan.qk_pairs is not None and len(layer_plan.qk_pairs) != geo.num_rotary_pairs:
+                self.set_qk_pairs(index, _indicator(layer_plan.qk_pairs, geo.num_rotary_pairs))
+            if layer_plan.v_dims is not None and len(layer_plan.v_dims) != geo.v_dim:
+                self.set_v_dims(index, _indicator(layer_plan.v_dims, geo.v_dim))
         if len(plan.hidden) != self.geometry.hidden_size:
             self.set_hidden(_indicator(plan.hidden, self.geometry.hidden_size))
         if plan.removed_layers:
@@ -110,8 +131,15 @@ class RuntimeMasks:
         for index, layer in enumerate(A.decoder_layers(self.lm)):
             attn, mlp = A.attention(layer, arch), A.mlp(layer, arch)
             o_proj, down_proj = getattr(attn, arch.o_proj), getattr(mlp, arch.down_proj)
-            head_dim = self.geometry.layers[index].head_dim
-            register(o_proj.register_forward_pre_hook(self._head_hook(index, head_dim)))
+            geo = self.geometry.layers[index]
+            register(o_proj.register_forward_pre_hook(self._head_hook(index, geo.v_dim)))
+            for name in (arch.q_proj, arch.k_proj):
+                register(
+                    getattr(attn, name).register_forward_hook(self._dim_hook(self.qk_pairs, index, geo.qk_dim, True))
+                )
+            register(
+                getattr(attn, arch.v_proj).register_forward_hook(self._dim_hook(self.v_dims, index, geo.v_dim, False))
+            )
             register(o_proj.register_forward_hook(self._mask_hidden_output))
             register(down_proj.register_forward_pre_hook(self._ffn_hook(index)))
             register(down_proj.register_forward_hook(self._mask_hidden_output))
@@ -144,6 +172,21 @@ class RuntimeMasks:
             x = args[0]
             scale = mask.to(device=x.device, dtype=x.dtype).repeat_interleave(head_dim)
             return (x * scale, *args[1:])
+
+        return hook
+
+    @staticmethod
+    def _dim_hook(store: dict[int, torch.Tensor], index: int, width: int, pairs: bool) -> Callable:
+        """Scale every head's dims of a q/k/v projection output by the layer's per-dim mask."""
+
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            mask = store.get(index)
+            if mask is None:
+                return None
+            mask = mask.to(device=output.device, dtype=output.dtype)
+            if pairs:  # rotate-half pairs -> both dims (p, p + width // 2) of each pair
+                mask = torch.cat([mask, mask])
+            return output * mask.repeat(output.shape[-1] // width)
 
         return hook
 

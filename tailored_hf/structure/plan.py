@@ -30,11 +30,38 @@ class PlanError(ValueError):
 
 @dataclass
 class LayerPlan:
-    """Kept units of one decoder layer, as sorted indices into the source layer."""
+    """Kept units of one decoder layer, as sorted indices into the source layer.
+
+    `qk_pairs` and `v_dims` prune inside every attention head (the same dims in every query, key and value head
+    of the layer, so GQA stays consistent); `None` keeps them all. Query/key dims go in rotate-half pairs: pair
+    `i` is dims `(i, i + qk_dim // 2)` of each head, so RoPE stays exact after slicing. `v_dims` are value dims,
+    which also index the per-head columns of `o_proj`.
+    """
 
     heads: list[int]
     kv_heads: list[int]
     ffn: list[int]
+    qk_pairs: list[int] | None = None
+    v_dims: list[int] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"heads": self.heads, "kv_heads": self.kv_heads, "ffn": self.ffn}
+        if self.qk_pairs is not None:
+            data["qk_pairs"] = self.qk_pairs
+        if self.v_dims is not None:
+            data["v_dims"] = self.v_dims
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LayerPlan:
+        qk, v = data.get("qk_pairs"), data.get("v_dims")
+        return cls(
+            list(data["heads"]),
+            list(data["kv_heads"]),
+            list(data["ffn"]),
+            qk_pairs=None if qk is None else list(qk),
+            v_dims=None if v is None else list(v),
+        )
 
 
 @dataclass
@@ -75,10 +102,14 @@ class PruningPlan:
         hidden: torch.Tensor | None = None,
         layers: torch.Tensor | None = None,
         threshold: float = 0.5,
+        qk_pairs: Mapping[int, torch.Tensor] | None = None,
+        v_dims: Mapping[int, torch.Tensor] | None = None,
     ) -> PruningPlan:
         """Build a plan from 0/1 (or probability) masks: a unit is kept where its mask is above `threshold`.
 
-        Query-head masks decide the KV heads too: a KV head is kept when any of its query heads is.
+        Query-head masks decide the KV heads too: a KV head is kept when any of its query heads is. `qk_pairs`
+        masks have one entry per rotate-half pair (`qk_dim // 2`), `v_dims` masks one per value dim (`v_dim`);
+        both apply to every head of the layer.
         """
         plan = cls.dense(model_or_config)
         for index, mask in (heads or {}).items():
@@ -90,6 +121,11 @@ class PruningPlan:
             plan.layers[index].ffn = _kept(
                 mask, plan.source.layers[index].intermediate_size, f"ffn[{index}]", threshold
             )
+        for index, mask in (qk_pairs or {}).items():
+            kept = _kept(mask, plan.source.layers[index].num_rotary_pairs, f"qk_pairs[{index}]", threshold)
+            plan.layers[index].qk_pairs = kept
+        for index, mask in (v_dims or {}).items():
+            plan.layers[index].v_dims = _kept(mask, plan.source.layers[index].v_dim, f"v_dims[{index}]", threshold)
         if hidden is not None:
             plan.hidden = _kept(hidden, plan.source.hidden_size, "hidden", threshold)
         if layers is not None:
@@ -145,7 +181,21 @@ class PruningPlan:
         layers = []
         for index in self.kept_layers:
             layer, geo = self.layers[index], self.source.layers[index]
-            layers.append(LayerGeometry(len(layer.heads), len(layer.kv_heads), geo.head_dim, len(layer.ffn)))
+            rotary = geo.rotary_indices
+            if layer.qk_pairs is not None:
+                source_rotary = geo.rotary_index_list
+                rotary = tuple(source_rotary[j] for j in layer.qk_pairs)
+            v_dim = geo.v_head_dim if layer.v_dims is None else len(layer.v_dims)
+            layers.append(
+                LayerGeometry(
+                    len(layer.heads),
+                    len(layer.kv_heads),
+                    geo.head_dim,
+                    len(layer.ffn),
+                    v_head_dim=v_dim,
+                    rotary_indices=rotary,
+                )
+            )
         return replace(self.source, hidden_size=len(self.hidden), layers=tuple(layers))
 
     def num_parameters(self) -> dict[str, int | float]:
@@ -161,7 +211,7 @@ class PruningPlan:
     def per_layer_sizes(self) -> list[dict[str, int]]:
         """One row per source layer: kept heads, KV heads, FFN channels (0 for removed layers)."""
         removed = set(self.removed_layers)
-        return [
+        rows = [
             {
                 "layer": i,
                 "heads": 0 if i in removed else len(lp.heads),
@@ -173,6 +223,18 @@ class PruningPlan:
             }
             for i, lp in enumerate(self.layers)
         ]
+        if self.prunes_head_dims or any(g.has_pruned_head_dims for g in self.source.layers):
+            for row, lp, geo in zip(rows, self.layers, self.source.layers):
+                gone = row["layer"] in removed
+                row["qk_head_dim"] = 0 if gone else (geo.qk_dim if lp.qk_pairs is None else 2 * len(lp.qk_pairs))
+                row["v_head_dim"] = 0 if gone else (geo.v_dim if lp.v_dims is None else len(lp.v_dims))
+                row["source_qk_head_dim"], row["source_v_head_dim"] = geo.qk_dim, geo.v_dim
+        return rows
+
+    @property
+    def prunes_head_dims(self) -> bool:
+        """Whether any layer prunes query/key pairs or value dims inside its heads."""
+        return any(lp.qk_pairs is not None or lp.v_dims is not None for lp in self.layers)
 
     # ------------------------------------------------------------------ validation
     def validate(self, model_or_config: Any | None = None) -> None:
@@ -205,6 +267,10 @@ class PruningPlan:
             _check_indices(layer.heads, geo.num_heads, f"layer {i} heads")
             _check_indices(layer.kv_heads, geo.num_kv_heads, f"layer {i} kv_heads")
             _check_indices(layer.ffn, geo.intermediate_size, f"layer {i} ffn")
+            if layer.qk_pairs is not None:
+                _check_indices(layer.qk_pairs, geo.num_rotary_pairs, f"layer {i} qk_pairs (rotate-half pairs)")
+            if layer.v_dims is not None:
+                _check_indices(layer.v_dims, geo.v_dim, f"layer {i} v_dims")
             _check_gqa(layer, geo, i)
 
     # ------------------------------------------------------------------ serialization
@@ -214,7 +280,7 @@ class PruningPlan:
             "source": self.source.to_dict(),
             "hidden": list(self.hidden),
             "removed_layers": list(self.removed_layers),
-            "layers": [{"heads": lp.heads, "kv_heads": lp.kv_heads, "ffn": lp.ffn} for lp in self.layers],
+            "layers": [lp.to_dict() for lp in self.layers],
             "summary": {"parameters": self.num_parameters(), "per_layer": self.per_layer_sizes()},
             "metadata": self.metadata,
         }
@@ -228,7 +294,7 @@ class PruningPlan:
         src["layers"] = tuple(LayerGeometry(**layer) for layer in src["layers"])
         return cls(
             source=ModelGeometry(**src),
-            layers=[LayerPlan(list(lp["heads"]), list(lp["kv_heads"]), list(lp["ffn"])) for lp in data["layers"]],
+            layers=[LayerPlan.from_dict(lp) for lp in data["layers"]],
             hidden=list(data["hidden"]),
             removed_layers=list(data.get("removed_layers", [])),
             metadata=dict(data.get("metadata", {})),

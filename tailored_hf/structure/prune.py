@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .. import arch as A
-from .geometry import ModelGeometry
+from .geometry import LayerGeometry, ModelGeometry
 from .plan import LayerPlan, PlanError, PruningPlan
 
 logger = logging.getLogger(__name__)
@@ -100,10 +100,19 @@ class _Slicer:
             self.param(module, "bias", 0, hidden_index)
 
 
-def _expand(units: Sequence[int], width: int) -> torch.Tensor:
-    """Head indices -> row indices (`width` rows per head)."""
+def _expand(units: Sequence[int], width: int, dims: Sequence[int] | None = None) -> torch.Tensor:
+    """Head indices -> row indices (`width` rows per head; only the kept `dims` of each head when given)."""
     units_t = torch.as_tensor(list(units), dtype=torch.long)
-    return (units_t[:, None] * width + torch.arange(width)[None, :]).flatten()
+    inside = torch.arange(width) if dims is None else torch.as_tensor(list(dims), dtype=torch.long)
+    return (units_t[:, None] * width + inside[None, :]).flatten()
+
+
+def rotary_pair_dims(pairs: Sequence[int] | None, qk_dim: int) -> list[int] | None:
+    """Kept rotate-half pairs -> kept query/key dims inside a head, in RoPE order `[pairs..., pairs + half...]`."""
+    if pairs is None:
+        return None
+    half = qk_dim // 2
+    return [int(i) for i in pairs] + [int(i) + half for i in pairs]
 
 
 def _index(values: Sequence[int]) -> torch.Tensor:
@@ -141,7 +150,7 @@ def apply_plan(
     for index, layer in enumerate(layers):
         if index in set(plan.removed_layers):
             continue
-        _prune_layer(slicer, layer, arch, plan.layers[index], plan.source.layers[index].head_dim, hidden, prune_hidden)
+        _prune_layer(slicer, layer, arch, plan.layers[index], plan.source.layers[index], hidden, prune_hidden)
 
     if prune_hidden:
         slicer.embedding(A.embedding(lm), hidden)
@@ -169,6 +178,7 @@ def apply_plan(
     new_config._attn_implementation = lm.config._attn_implementation
     _swap_config(lm, new_config)
     _set_family_classes(lm, FAMILIES[arch.model_type], tailored=type(new_config) is FAMILIES[arch.model_type].config)
+    _set_attention_head_dims(lm, arch, new_geometry)
 
     previous = getattr(lm, PLAN_ATTRIBUTE, None)
     setattr(lm, PLAN_ATTRIBUTE, compose_plans(previous, plan) if previous is not None else plan)
@@ -182,17 +192,21 @@ def _prune_layer(
     layer: nn.Module,
     arch: A.ArchSpec,
     layer_plan: LayerPlan,
-    head_dim: int,
+    geo: LayerGeometry,
     hidden: torch.Tensor,
     prune_hidden: bool,
 ) -> None:
     attn, mlp = A.attention(layer, arch), A.mlp(layer, arch)
     in_hidden = hidden if prune_hidden else None
-    q_rows, kv_rows = _expand(layer_plan.heads, head_dim), _expand(layer_plan.kv_heads, head_dim)
+    qk_dims = rotary_pair_dims(layer_plan.qk_pairs, geo.qk_dim)
+    q_rows = _expand(layer_plan.heads, geo.qk_dim, qk_dims)
+    k_rows = _expand(layer_plan.kv_heads, geo.qk_dim, qk_dims)
+    v_rows = _expand(layer_plan.kv_heads, geo.v_dim, layer_plan.v_dims)
+    o_cols = _expand(layer_plan.heads, geo.v_dim, layer_plan.v_dims)
     slicer.linear(getattr(attn, arch.q_proj), q_rows, in_hidden)
-    slicer.linear(getattr(attn, arch.k_proj), kv_rows, in_hidden)
-    slicer.linear(getattr(attn, arch.v_proj), kv_rows, in_hidden)
-    slicer.linear(getattr(attn, arch.o_proj), in_hidden, q_rows)
+    slicer.linear(getattr(attn, arch.k_proj), k_rows, in_hidden)
+    slicer.linear(getattr(attn, arch.v_proj), v_rows, in_hidden)
+    slicer.linear(getattr(attn, arch.o_proj), in_hidden, o_cols)
     if hasattr(attn, "num_key_value_groups"):
         attn.num_key_value_groups = len(layer_plan.heads) // len(layer_plan.kv_heads)
     for name in ("num_heads", "num_attention_heads"):
@@ -212,6 +226,16 @@ def _prune_layer(
             mlp.hidden_size = hidden.numel()
         for norm in A.layer_norms(layer, arch):
             slicer.norm(norm, hidden)
+
+
+def _set_attention_head_dims(lm: nn.Module, arch: A.ArchSpec, geometry: ModelGeometry) -> None:
+    """Give attention modules of layers with pruned head dims their per-layer widths and rotary frequencies."""
+    from ..modeling.tailored import set_attention_head_dims
+
+    for layer, geo in zip(A.decoder_layers(lm), geometry.layers):
+        attn = A.attention(layer, arch)
+        if geo.has_pruned_head_dims or getattr(attn, "tailored_head_dims", False):
+            set_attention_head_dims(attn, arch.model_type, geo)
 
 
 def _retie(lm: nn.Module) -> None:
@@ -280,13 +304,15 @@ def compose_plans(first: PruningPlan, second: PruningPlan) -> PruningPlan:
         raise PlanError("Cannot compose plans: the second plan was not made for the first plan's result.")
     kept_first = first.kept_layers
     removed = set(first.removed_layers) | {kept_first[i] for i in second.removed_layers}
-    layers = [LayerPlan(list(lp.heads), list(lp.kv_heads), list(lp.ffn)) for lp in first.layers]
+    layers = [LayerPlan.from_dict(lp.to_dict()) for lp in first.layers]
     for new_index, source_index in enumerate(kept_first):
         a, b = first.layers[source_index], second.layers[new_index]
         layers[source_index] = LayerPlan(
             heads=[a.heads[j] for j in b.heads],
             kv_heads=[a.kv_heads[j] for j in b.kv_heads],
             ffn=[a.ffn[j] for j in b.ffn],
+            qk_pairs=_compose_optional(a.qk_pairs, b.qk_pairs),
+            v_dims=_compose_optional(a.v_dims, b.v_dims),
         )
     metadata = {**first.metadata, **second.metadata}
     return PruningPlan(
@@ -296,6 +322,13 @@ def compose_plans(first: PruningPlan, second: PruningPlan) -> PruningPlan:
         removed_layers=sorted(removed),
         metadata=metadata,
     )
+
+
+def _compose_optional(first: list[int] | None, second: list[int] | None) -> list[int] | None:
+    """Compose kept-index lists where `None` means "all kept"."""
+    if second is None:
+        return None if first is None else list(first)
+    return list(second) if first is None else [first[j] for j in second]
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
