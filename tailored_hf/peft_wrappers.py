@@ -3,11 +3,18 @@
 `add_loss_term` lets a method add its regulariser / distillation terms to the loss that `Trainer.compute_loss`
 (and TRL's `SFTTrainer`) back-propagates, without users subclassing the trainer: a forward hook on the model the
 Trainer calls adds the term to `output.loss` while the model is in training mode.
+
+TRL's `SFTTrainer` computes its loss from the per-token log-probabilities of a fused LM head rather than from
+`output.loss`; `add_loss_term` folds the term into those too (`fold_into_fused_log_probs`).
+
+`trainable_parameters` / `swapped_parameters` let one loaded model act as its own teacher: the adapter weights of a
+snapshot are copied in for a no-grad forward and the student's are restored bit for bit afterwards.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -46,7 +53,65 @@ def add_loss_term(model: nn.Module, term: LossTerm, request_hidden_states: bool 
         if extra is None:
             return None
         output.loss = output.loss + extra
+        fold_into_fused_log_probs(output, extra)
         return output
 
     handles.append(model.register_forward_hook(add, with_kwargs=True))
     return handles
+
+
+def fold_into_fused_log_probs(output: Any, extra: torch.Tensor) -> None:
+    """Make `extra` reach the loss of TRL's fused LM head as well.
+
+    `SFTTrainer` (TRL >= 1.x) patches the causal LM with a fused LM head and recomputes its loss from the per-token
+    `output.log_probs` as `-sum(log_probs) / N` (N: `num_items_in_batch`, else `label_mask.sum()`), ignoring
+    `output.loss`. Subtracting `extra` from the log-probability of every trained token adds `extra * n / N` to that
+    loss (n: this micro-batch's trained tokens): exactly `extra` without gradient accumulation, and with it `extra`
+    weighted by the micro-batch's share of the tokens (summing to one `extra` per optimizer step on average).
+    """
+    log_probs, label_mask = getattr(output, "log_probs", None), getattr(output, "label_mask", None)
+    if log_probs is None or label_mask is None:
+        return
+    output.log_probs = log_probs - extra.to(log_probs.dtype) * label_mask.to(log_probs.dtype)
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters the Trainer's optimizer updates (`requires_grad=True`), by name, in registration order.
+
+    For a PEFT model these are the adapter weights (LoRA A/B, `modules_to_save`): the "student" part of a model whose
+    frozen base is shared with its teachers.
+    """
+    return {name: param for name, param in model.named_parameters() if param.requires_grad}
+
+
+@contextmanager
+def swapped_parameters(
+    params: dict[str, nn.Parameter], values: dict[str, torch.Tensor], buffer: dict[str, torch.Tensor] | None = None
+) -> Iterator[None]:
+    """Temporarily copy `values` into `params` in place, restoring the originals bit for bit on exit.
+
+    Use it outside autograd (e.g. for a no-grad teacher forward before the student forward): the copies are in-place
+    writes on the parameters' storage, so optimizer state and hooks keyed by the parameter objects stay valid.
+
+    Args:
+        params (`dict[str, nn.Parameter]`): the parameters to overwrite, e.g. `trainable_parameters(model)`.
+        values (`dict[str, torch.Tensor]`): replacement values with the same names and shapes (any device).
+        buffer (`dict[str, torch.Tensor]`, *optional*): preallocated tensors (same shapes, dtypes and devices as
+            `params`) that hold the originals meanwhile; reusing one avoids an allocation per call.
+    """
+    missing = sorted(set(params) - set(values))
+    if missing:
+        raise KeyError(f"No replacement values for {len(missing)} parameters, e.g. {missing[:3]}.")
+    saved = buffer if buffer is not None else {name: torch.empty_like(p) for name, p in params.items()}
+    with torch.no_grad():
+        for name, param in params.items():
+            saved[name].copy_(param)
+    try:
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(values[name])
+        yield
+    finally:
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(saved[name])

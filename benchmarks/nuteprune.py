@@ -1,0 +1,443 @@
+"""NutePrune (L0 masks + progressive numerous-teacher KD) on SmolLM2-135M-Instruct: cost and quality.
+
+Measured claims (issue 6):
+
+1. Memory: peak RSS of a NutePrune training step vs a plain LoRA step (target <= 1.15x), and what naive two-model KD
+   (a second, frozen copy of the model as teacher) costs. Each step type runs in its own subprocess, because peak
+   RSS is a process-wide high-water mark.
+2. Step time overhead vs a plain LoRA step, next to its floor: one extra no-grad teacher forward (timed alone).
+3. Quality at each target (default 20% and 50%), same data budget (steps x batch of C4 windows) for every variant:
+   no-KD vs KD vs progressive KD (the paper's Table 6 ordering) and the dependency-group pass + LoRA at equal
+   parameter count; 7-task zero-shot mean accuracy and WikiText-2 perplexity, dense baseline alongside.
+
+Writes `benchmarks/results/nuteprune.{json,md}`. Full run (the lead's quiet machine):
+
+    python benchmarks/nuteprune.py --targets 0.2,0.5 --steps 400 --batch-size 8 --seq-len 256 --eval-limit 500 \
+        --ppl-windows 128
+
+Smoke test (a couple of minutes on 2 cores):
+
+    OMP_NUM_THREADS=1 python benchmarks/nuteprune.py --targets 0.2 --variants progressive,depgraph --steps 2 \
+        --batch-size 2 --seq-len 32 --eval-limit 4 --tasks piqa --ppl-windows 2 --cost-steps 2 \
+        --out benchmarks/results/nuteprune_smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+SCRATCH_DIR = Path(tempfile.gettempdir()) / "tailored_hf_nuteprune"  # Trainer output dirs (nothing is saved there)
+VARIANTS = ("none", "kd", "progressive", "depgraph")
+STEP_KINDS = ("lora", "nuteprune", "naive_kd")
+# NutePrune's LoRA (scripts/cotrain.sh): rank 8, alpha 8, on the query and value projections (`--lora_param Q.V`);
+# small adapters also keep the CPU teacher snapshots small (one per 1% of sparsity).
+DEFAULT_LORA_TARGETS = "q_proj,v_proj"
+MEMORY_CLAIM = 1.15
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    parser.add_argument("--targets", default="0.2,0.5", help="comma-separated target sparsities")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {VARIANTS}")
+    parser.add_argument("--steps", type=int, default=400, help="optimizer steps per variant (same data budget)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=256, help="tokens per C4 training window")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="LoRA learning rate (the paper: 1e-3)")
+    parser.add_argument("--lora-r", type=int, default=8)
+    parser.add_argument("--lora-alpha", type=int, default=8)
+    parser.add_argument("--lora-targets", default=DEFAULT_LORA_TARGETS, help="comma-separated module names")
+    parser.add_argument("--eval-limit", type=int, default=500, help="validation items per task")
+    parser.add_argument("--tasks", default="boolq,piqa,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa")
+    parser.add_argument("--ppl-windows", type=int, default=128, help="WikiText-2 windows of 128 tokens (0 = all)")
+    parser.add_argument("--cost-steps", type=int, default=5, help="timed steps per step kind (after one warm-up)")
+    parser.add_argument("--skip-cost", action="store_true", help="skip the memory / step-time measurement")
+    parser.add_argument("--skip-quality", action="store_true", help="skip the pruning + evaluation runs")
+    parser.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu' or 'cuda'")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(RESULTS_DIR / "nuteprune"))
+    parser.add_argument("--measure-step", choices=STEP_KINDS, help=argparse.SUPPRESS)  # internal: one subprocess
+    return parser.parse_args(argv)
+
+
+def device_of(args: argparse.Namespace) -> torch.device:
+    if args.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(args.device)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def training_rows(tokenizer, args: argparse.Namespace, n_rows: int):
+    """`n_rows` C4 windows of `seq_len` tokens (LM objective, labels = inputs), the paper's pruning data."""
+    from datasets import Dataset
+
+    from tailored_hf.data import calibration_batches
+
+    ids = calibration_batches(
+        tokenizer, source="c4", n_samples=n_rows, seq_len=args.seq_len, seed=args.seed, data_dir=args.data_dir
+    ).tolist()
+    return Dataset.from_dict({"input_ids": ids, "labels": ids, "attention_mask": [[1] * args.seq_len] * len(ids)})
+
+
+def trainer_for(model, tokenizer, args: argparse.Namespace, out_dir: Path, callbacks: list, steps: int):
+    from transformers import Trainer, TrainingArguments
+
+    device = device_of(args)
+    training_args = TrainingArguments(
+        output_dir=str(out_dir),
+        per_device_train_batch_size=args.batch_size,
+        max_steps=steps,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type="linear",
+        logging_steps=max(1, steps // 20),
+        save_strategy="no",
+        report_to=[],
+        use_cpu=device.type == "cpu",
+        disable_tqdm=True,
+        seed=args.seed,
+        dataloader_num_workers=0,
+    )
+    rows = training_rows(tokenizer, args, steps * args.batch_size)
+    return Trainer(
+        model=model, args=training_args, train_dataset=rows, processing_class=tokenizer, callbacks=callbacks
+    )
+
+
+def lora_model(model, args: argparse.Namespace):
+    from peft import LoraConfig, get_peft_model
+
+    targets = [t for t in args.lora_targets.split(",") if t]
+    config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0, target_modules=targets)
+    return get_peft_model(model, config)
+
+
+def l0_config(target: float, distillation: str):
+    from tailored_hf.methods.l0 import L0Config
+
+    return L0Config(target_sparsity=target, distillation=distillation)
+
+
+# ---------------------------------------------------------------------------------------------- cost (subprocess)
+class _StepTimer:
+    """TrainerCallback timing optimizer steps (wall clock, device synchronised)."""
+
+    def __init__(self, device: torch.device) -> None:
+        from transformers import TrainerCallback
+
+        timer = self
+        self.device, self.times, self.rss_mb, self._start = device, [], [], 0.0
+
+        class Callback(TrainerCallback):
+            def on_step_begin(self, *a, **k):
+                timer._sync()
+                timer._start = time.perf_counter()
+
+            def on_step_end(self, *a, **k):
+                timer._sync()
+                timer.times.append(time.perf_counter() - timer._start)
+                timer.rss_mb.append(peak_rss_mb())  # the high-water mark so far: steps only, before train end
+
+        self.callback = Callback()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+
+class _NaiveTeacher:
+    """Naive two-model KD: a frozen copy of the model runs a no-grad forward before every student forward."""
+
+    def __init__(self, model) -> None:
+        from tailored_hf import arch as A
+
+        self.teacher = copy.deepcopy(A.unwrap_model(model)).eval().requires_grad_(False)
+        self.handle = model.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def hook(self, module, args, kwargs):
+        if module.training and torch.is_grad_enabled():
+            with torch.no_grad():
+                self.teacher(input_ids=kwargs["input_ids"], attention_mask=kwargs.get("attention_mask"))
+
+
+def measure_step(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One step kind in this process: peak RSS / CUDA memory and per-step time over `cost_steps` timed steps."""
+    from tailored_hf import PrunerCallback, load_model
+    from tailored_hf.peft_wrappers import trainable_parameters
+
+    device = device_of(args)
+    model, tokenizer = load_model(args.model)
+    model = lora_model(model.to(device), args)
+    timer = _StepTimer(device)
+    callbacks: list = [timer.callback]
+    pruner = None
+    if kind == "nuteprune":
+        # Progressive KD with the layer-wise term: the most expensive configuration.
+        pruner = PrunerCallback(l0_config(float(args.targets.split(",")[0]), "progressive"))
+        callbacks.insert(0, pruner)
+    naive = _NaiveTeacher(model) if kind == "naive_kd" else None
+    steps = args.cost_steps + 1
+    trainer = trainer_for(model, tokenizer, args, SCRATCH_DIR / f"cost_{kind}", callbacks, steps)
+    adapter_bytes = sum(p.numel() * p.element_size() for p in trainable_parameters(model).values())  # before pruning
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    result = {
+        "kind": kind,
+        "peak_rss_mb": timer.rss_mb[-1],  # after the last step, before on_train_end prunes (apply_plan copies)
+        "peak_rss_mb_with_pruning": peak_rss_mb(),
+        "step_seconds": timer.times[1:],  # the first step includes lazy initialisation
+        "mean_step_seconds": sum(timer.times[1:]) / max(1, len(timer.times) - 1),
+        "model_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
+    }
+    if device.type == "cuda":
+        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    if pruner is not None:
+        method = pruner.method
+        result["snapshot_mb"] = method.metrics.get("snapshot_mb", 0.0)
+        mask_bytes = sum(p.numel() * p.element_size() for p in method.masks.parameters())
+        result["snapshot_mb_each"] = (mask_bytes + adapter_bytes) / 2**20
+        # A full run keeps one snapshot per `snapshot_interval` below the target, plus the intact model.
+        levels = math.ceil(method.config.target_sparsity / method.config.snapshot_interval)
+        result["snapshot_mb_full_run"] = levels * result["snapshot_mb_each"]
+    if naive is not None:
+        result["teacher_copy_mb"] = sum(p.numel() * p.element_size() for p in naive.teacher.parameters()) / 2**20
+    if kind == "lora":
+        result["teacher_forward_seconds"] = time_teacher_forward(trainer.model, tokenizer, args, device)
+    return result
+
+
+def time_teacher_forward(model, tokenizer, args: argparse.Namespace, device: torch.device) -> float:
+    """The cost floor of NutePrune's overhead: one no-grad forward of the same model on one batch."""
+    rows = training_rows(tokenizer, args, args.batch_size)
+    ids = torch.tensor(rows["input_ids"], device=device)
+    model.eval()
+    times = []
+    with torch.no_grad():
+        for _ in range(args.cost_steps + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            model(input_ids=ids)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+    return sum(times[1:]) / max(1, len(times) - 1)
+
+
+def measure_costs(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    results = {}
+    for kind in STEP_KINDS:
+        command = [sys.executable, str(Path(__file__).resolve()), *argv, "--measure-step", kind]
+        done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), check=False)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if done.returncode != 0 or not lines:
+            raise RuntimeError(f"measuring {kind} failed:\n{done.stderr[-4000:]}")
+        results[kind] = json.loads(lines[-1])
+    lora, nute, naive = results["lora"], results["nuteprune"], results["naive_kd"]
+    results["summary"] = {
+        "rss_ratio_nuteprune_vs_lora": nute["peak_rss_mb"] / lora["peak_rss_mb"],
+        "rss_ratio_naive_kd_vs_lora": naive["peak_rss_mb"] / lora["peak_rss_mb"],
+        "memory_claim_met": nute["peak_rss_mb"] / lora["peak_rss_mb"] <= MEMORY_CLAIM,
+        # Projection: the measured step plus every snapshot a full run to the target accumulates on the CPU.
+        "rss_ratio_nuteprune_full_run_projection": (
+            nute["peak_rss_mb"] + nute["snapshot_mb_full_run"] - nute["snapshot_mb"]
+        )
+        / lora["peak_rss_mb"],
+        "step_time_ratio": nute["mean_step_seconds"] / lora["mean_step_seconds"],
+        "overhead_seconds": nute["mean_step_seconds"] - lora["mean_step_seconds"],
+        "floor_seconds_one_teacher_forward": lora["teacher_forward_seconds"],
+    }
+    if "peak_cuda_mb" in lora:
+        results["summary"]["cuda_ratio_nuteprune_vs_lora"] = nute["peak_cuda_mb"] / lora["peak_cuda_mb"]
+        results["summary"]["cuda_ratio_naive_kd_vs_lora"] = naive["peak_cuda_mb"] / lora["peak_cuda_mb"]
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- quality
+def evaluate(model, tokenizer, args: argparse.Namespace) -> dict[str, Any]:
+    from tailored_hf.eval import evaluate_tasks, llm_pruner_perplexity
+
+    model.eval()
+    tasks = [t for t in args.tasks.split(",") if t]
+    start = time.perf_counter()
+    mc = evaluate_tasks(model, tokenizer, tasks, data_dir=args.data_dir, limit=args.eval_limit)
+    ppl = llm_pruner_perplexity(
+        model, tokenizer, args.data_dir, datasets=("wikitext2",), max_windows=args.ppl_windows or None
+    )["wikitext2"]
+    return {
+        "tasks": {t: r["primary"] for t, r in mc.items()},
+        "mean_accuracy": sum(r["primary"] for r in mc.values()) / len(mc),
+        "wikitext2_ppl": ppl.perplexity,
+        "eval_seconds": time.perf_counter() - start,
+    }
+
+
+def run_variant(variant: str, target: float, args: argparse.Namespace) -> dict[str, Any]:
+    """Prune to `target` with `variant` and the same LoRA training budget; evaluate the merged pruned model."""
+    from tailored_hf import PrunerCallback, load_model
+    from tailored_hf.methods.depgraph import DepGraphConfig
+    from tailored_hf.structure import count_parameters
+
+    device = device_of(args)
+    model, tokenizer = load_model(args.model)
+    dense = count_parameters(model)
+    model = lora_model(model.to(device), args)
+    if variant == "depgraph":
+        config = DepGraphConfig(target_sparsity=target, calibration_source="c4", seed=args.seed)
+    else:
+        config = l0_config(target, variant)
+    callback = PrunerCallback(config)
+    out_dir = SCRATCH_DIR / f"run_{variant}_{int(100 * target)}"
+    trainer = trainer_for(model, tokenizer, args, out_dir, [callback], args.steps)
+    start = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - start
+    merged = trainer.model.merge_and_unload()
+    pruned = count_parameters(merged)
+    history = [
+        {k: v for k, v in e.items() if k.startswith("pruning/") or k in ("loss", "step")}
+        for e in trainer.state.log_history
+    ]
+    result = {
+        "variant": variant,
+        "target": target,
+        "params_dense": dense,
+        "params_pruned": pruned,
+        "sparsity": 1 - pruned / dense,
+        "train_seconds": train_seconds,
+        **evaluate(merged, tokenizer, args),
+        "log": history,
+    }
+    del trainer, model, merged
+    gc.collect()
+    return result
+
+
+def render(report: dict[str, Any]) -> str:
+    cfg = report["config"]
+    lines = [f"# NutePrune on {cfg['model']}", ""]
+    lines += [
+        f"{report['machine']}, {report['torch_threads']} torch threads, device {report['device']}. Data budget per "
+        f"variant: {cfg['steps']} steps x {cfg['batch_size']} C4 windows of {cfg['seq_len']} tokens; LoRA r="
+        f"{cfg['lora_r']} on {cfg['lora_targets']}, lr {cfg['learning_rate']}.",
+        "",
+    ]
+    costs = report.get("costs")
+    if costs:
+        s = costs["summary"]
+        lines += [
+            "## Memory and step time (one process per step kind)",
+            "",
+            "| step | peak RSS (MB) | vs LoRA | mean step (s) | vs LoRA |",
+            "|---|---|---|---|---|",
+        ]
+        for kind in STEP_KINDS:
+            r = costs[kind]
+            lines.append(
+                f"| {kind} | {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] / costs['lora']['peak_rss_mb']:.3f}x | "
+                f"{r['mean_step_seconds']:.3f} | {r['mean_step_seconds'] / costs['lora']['mean_step_seconds']:.2f}x |"
+            )
+        lines += [
+            "",
+            f"NutePrune peak RSS / LoRA: **{s['rss_ratio_nuteprune_vs_lora']:.3f}x** (claim <= {MEMORY_CLAIM}x: "
+            f"{'met' if s['memory_claim_met'] else 'NOT met'}; with all snapshots of a full run: "
+            f"{s['rss_ratio_nuteprune_full_run_projection']:.3f}x projected); naive two-model KD: "
+            f"{s['rss_ratio_naive_kd_vs_lora']:.3f}x (its teacher copy alone: "
+            f"{costs['naive_kd'].get('teacher_copy_mb', 0):.0f} MB). Snapshots held by NutePrune at the end of the "
+            f"measured steps: {costs['nuteprune'].get('snapshot_mb', 0):.1f} MB; a full run to the target holds "
+            f"{costs['nuteprune'].get('snapshot_mb_full_run', 0):.0f} MB of CPU snapshots "
+            f"({costs['nuteprune'].get('snapshot_mb_each', 0):.1f} MB each, one per snapshot_interval plus the intact "
+            "model), not included in the step measurement above.",
+            f"Step-time overhead: {s['overhead_seconds']:.3f} s/step ({s['step_time_ratio']:.2f}x); floor = one "
+            f"extra no-grad teacher forward = {s['floor_seconds_one_teacher_forward']:.3f} s.",
+            "",
+        ]
+    quality = report.get("quality")
+    if quality:
+        tasks = list(quality["dense"]["tasks"])
+        lines += [
+            "## Quality (zero-shot, validation; WikiText-2 perplexity, LLM-Pruner protocol)",
+            "",
+            "| target | variant | params | sparsity | " + " | ".join(tasks) + " | mean | wikitext2 ppl |",
+            "|---|---|---|---|" + "---|" * len(tasks) + "---|---|",
+        ]
+        rows = [quality["dense"], *quality["runs"]]
+        for r in rows:
+            cells = " | ".join(f"{100 * r['tasks'][t]:.1f}" for t in tasks)
+            lines.append(
+                f"| {r.get('target', 0):.0%} | {r['variant']} | {r['params_pruned'] / 1e6:.2f} M | "
+                f"{r['sparsity']:.4f} | {cells} | {100 * r['mean_accuracy']:.2f} | {r['wikitext2_ppl']:.2f} |"
+            )
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    os.environ.setdefault("TAILORED_HF_DATA_DIR", args.data_dir)  # depgraph's calibration text (C4) lives there
+    if args.measure_step:
+        print(json.dumps(measure_step(args.measure_step, args)))
+        return
+    from tailored_hf import load_model
+    from tailored_hf.structure import count_parameters
+
+    report: dict[str, Any] = {
+        "config": vars(args),
+        "machine": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device_of(args)),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not args.skip_cost:
+        report["costs"] = measure_costs(args, argv)
+    if not args.skip_quality:
+        model, tokenizer = load_model(args.model)
+        dense = {
+            "variant": "dense",
+            "target": 0.0,
+            "params_dense": count_parameters(model),
+            "params_pruned": count_parameters(model),
+            "sparsity": 0.0,
+            **evaluate(model.to(device_of(args)), tokenizer, args),
+        }
+        del model
+        runs = []
+        for target in (float(t) for t in args.targets.split(",") if t):
+            for variant in (v for v in args.variants.split(",") if v):
+                if variant not in VARIANTS:
+                    raise ValueError(f"Unknown variant {variant!r}; choose from {VARIANTS}.")
+                runs.append(run_variant(variant, target, args))
+                out.with_suffix(".json").write_text(json.dumps(report | {"quality": {"dense": dense, "runs": runs}}))
+        report["quality"] = {"dense": dense, "runs": runs}
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    markdown = render(report)
+    out.with_suffix(".md").write_text(markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""Progressive numerous teachers (NutePrune Sec. 3.2) without a second model in memory, and the distillation losses.
+
+A teacher is a *snapshot*: the mask `log_alpha` and the trainable (LoRA) weights at some moment of training, kept on
+the CPU. For the teacher forward the snapshot's weights are copied into the one loaded model and its deterministic
+masks installed; afterwards the student's weights are restored bit for bit (`peft_wrappers.swapped_parameters`).
+Snapshot 0 is the intact model (no masks, the adapters as they were before training).
+
+Schedule:
+
+* a snapshot is taken each time the expected sparsity s_hat passes the next multiple of `snapshot_interval` below
+  the target;
+* before the target is reached, the teacher of a student at sparsity s is the sparsest snapshot at or below
+  s - `teacher_gap` (the intact model while s < gap);
+* once it is reached (at step r, with R steps left), the R steps are cut into K + 1 equal phases for the K sparse
+  snapshots: the teachers go from the sparsest (weakest) to the densest, and the last phase uses the intact model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .config import L0Config
+from .hard_concrete import HardConcrete
+from .masks import MaskValues
+
+
+@dataclass
+class Snapshot:
+    """One teacher: expected sparsity when taken, the step, mask log_alpha (None: intact) and trainable weights."""
+
+    sparsity: float
+    step: int
+    log_alpha: dict[str, torch.Tensor] | None
+    params: dict[str, torch.Tensor]
+
+    @property
+    def intact(self) -> bool:
+        return self.log_alpha is None
+
+    def nbytes(self) -> int:
+        tensors = [*self.params.values(), *(self.log_alpha or {}).values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def values_from_named(named: dict[str, torch.Tensor]) -> MaskValues:
+    """`{"heads.3": t, "ffn.0": t, "hidden": t, "layers": t}` -> `MaskValues`."""
+    values = MaskValues()
+    for name, tensor in named.items():
+        kind, _, index = name.partition(".")
+        if kind == "heads":
+            values.heads[int(index)] = tensor
+        elif kind == "ffn":
+            values.ffn[int(index)] = tensor
+        elif kind == "hidden":
+            values.hidden = tensor
+        elif kind == "layers":
+            values.layers = tensor
+        else:
+            raise KeyError(f"Unknown mask group {name!r}.")
+    return values
+
+
+class TeacherBank:
+    """Snapshots on the CPU plus the progressive schedule that picks one per training step.
+
+    Args:
+        config (`L0Config`): `distillation`, `snapshot_interval`, `teacher_gap`, `target_sparsity`, tolerance.
+        distribution (`HardConcrete`): turns a snapshot's log_alpha into deterministic 0/1 teacher masks.
+    """
+
+    def __init__(self, config: L0Config, distribution: HardConcrete) -> None:
+        self.config = config
+        self.distribution = distribution
+        self.snapshots: list[Snapshot] = []
+        self.next_level = config.snapshot_interval
+        self.reached_step: int | None = None
+        self._mask_cache: dict[int, MaskValues] = {}
+
+    # ------------------------------------------------------------------ recording
+    def capture_intact(self, params: dict[str, torch.Tensor], step: int = 0) -> None:
+        """Record the intact teacher: no masks and the trainable weights as they are now (before training)."""
+        self.snapshots = [Snapshot(0.0, step, None, _cpu_copy(params))]
+        self._mask_cache.clear()
+
+    def maybe_snapshot(
+        self, sparsity: float, step: int, log_alpha: dict[str, torch.Tensor], params: dict[str, torch.Tensor]
+    ) -> bool:
+        """Take a snapshot when `sparsity` passed the next level below the target; returns whether one was taken."""
+        cfg = self.config
+        if cfg.distillation != "progressive" or self.reached_step is not None:
+            return False
+        if sparsity < self.next_level - 1e-12 or sparsity >= cfg.target_sparsity - cfg.target_tolerance:
+            return False
+        self.snapshots.append(Snapshot(float(sparsity), int(step), _cpu_copy(log_alpha), _cpu_copy(params)))
+        # The next level strictly above the sparsity just recorded (several levels may be passed at once).
+        levels_passed = int((sparsity + 1e-12) // cfg.snapshot_interval)
+        self.next_level = (levels_passed + 1) * cfg.snapshot_interval
+        return True
+
+    def update_reached(self, sparsity: float, step: int, warmup_done: bool) -> bool:
+        """Mark the step at which the target is reached (once, after the warm-up); returns whether it is reached."""
+        cfg = self.config
+        if self.reached_step is None and warmup_done and sparsity >= cfg.target_sparsity - cfg.target_tolerance:
+            self.reached_step = int(step)
+        return self.reached_step is not None
+
+    # ------------------------------------------------------------------ schedule
+    def choose(self, student_sparsity: float, step: int, max_steps: int) -> int:
+        """Index into `snapshots` of the teacher for a student at `student_sparsity` at optimizer step `step`."""
+        if not self.snapshots:
+            raise RuntimeError("No teacher snapshot recorded: the intact model must be captured before training.")
+        if self.config.distillation == "kd":
+            return 0
+        sparse = sorted(range(1, len(self.snapshots)), key=lambda i: (self.snapshots[i].sparsity, i))
+        if self.reached_step is None:
+            limit = student_sparsity - self.config.teacher_gap
+            eligible = [i for i in sparse if self.snapshots[i].sparsity <= limit + 1e-12]
+            return eligible[-1] if eligible else 0
+        remaining = max(1, max_steps - self.reached_step)
+        phases = len(sparse) + 1
+        phase = min(phases - 1, (step - self.reached_step) * phases // remaining)
+        weak_to_strong = list(reversed(sparse))
+        return weak_to_strong[phase] if phase < len(sparse) else 0
+
+    def teacher_masks(self, index: int, device: torch.device) -> MaskValues | None:
+        """Deterministic 0/1 masks of snapshot `index` on `device` (None for the intact model)."""
+        snapshot = self.snapshots[index]
+        if snapshot.intact:
+            return None
+        if index not in self._mask_cache:
+            named = {k: self.distribution.deterministic(v.float()).to(device) for k, v in snapshot.log_alpha.items()}
+            self._mask_cache[index] = values_from_named(named)
+        return self._mask_cache[index]
+
+    def nbytes(self) -> int:
+        return sum(s.nbytes() for s in self.snapshots)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "next_level": self.next_level,
+            "reached_step": self.reached_step,
+            "snapshots": [
+                {"sparsity": s.sparsity, "step": s.step, "intact": s.intact, "params": list(s.params)}
+                for s in self.snapshots
+            ],
+        }
+
+    def tensor_state_dict(self) -> dict[str, torch.Tensor]:
+        tensors = {}
+        for i, snap in enumerate(self.snapshots):
+            for name, value in snap.params.items():
+                tensors[f"snapshot.{i}.param.{name}"] = value
+            for name, value in (snap.log_alpha or {}).items():
+                tensors[f"snapshot.{i}.log_alpha.{name}"] = value
+        return tensors
+
+    def load_state(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        self.next_level = float(state["next_level"])
+        self.reached_step = state["reached_step"]
+        self.snapshots = []
+        for i, meta in enumerate(state["snapshots"]):
+            params = {name: tensors[f"snapshot.{i}.param.{name}"].clone() for name in meta["params"]}
+            prefix = f"snapshot.{i}.log_alpha."
+            log_alpha = (
+                None
+                if meta["intact"]
+                else {k[len(prefix) :]: v.clone() for k, v in tensors.items() if k.startswith(prefix)}
+            )
+            self.snapshots.append(Snapshot(float(meta["sparsity"]), int(meta["step"]), log_alpha, params))
+        self._mask_cache.clear()
+
+    def clear(self) -> None:
+        """Drop every snapshot (after training) to free CPU memory."""
+        self.snapshots = []
+        self._mask_cache.clear()
+
+
+def _cpu_copy(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: t.detach().to("cpu", copy=True).contiguous() for name, t in tensors.items()}
+
+
+# ---------------------------------------------------------------------- losses
+def token_selection(kwargs: dict[str, Any], shape: torch.Size, device: torch.device) -> torch.Tensor:
+    """Boolean `[batch, seq]` of the positions distilled: those whose next-token label is not -100 when labels are
+    given (the tokens the task loss trains, e.g. completions under SFT), else the non-padding positions."""
+    labels = kwargs.get("labels")
+    if labels is not None and labels.shape == shape:
+        selected = torch.zeros(shape, dtype=torch.bool, device=device)
+        selected[:, :-1] = labels[:, 1:].to(device) != -100
+        if selected.any():
+            return selected
+    mask = kwargs.get("attention_mask")
+    if mask is not None and mask.dim() == 2 and mask.shape == shape:
+        return mask.to(device).bool()
+    return torch.ones(shape, dtype=torch.bool, device=device)
+
+
+def logit_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(p_teacher || p_student) at `temperature`, averaged over the selected tokens, times T^2 (NutePrune's
+    `F.kl_div(log_softmax(s / T), softmax(t / T)) * T^2`). Both are `[tokens, vocab]` logits."""
+    log_p_student = F.log_softmax(student.float() / temperature, dim=-1)
+    log_p_teacher = F.log_softmax(teacher.float() / temperature, dim=-1)
+    kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    return kl * temperature**2
+
+
+class _ChunkedLogitKL(torch.autograd.Function):
+    """KL(p_teacher || p_student) * T^2 averaged over tokens, from final hidden states and the LM head weight, in
+    token chunks: neither the student's nor the teacher's `[tokens, vocab]` logits are ever held whole. The
+    gradients are formed chunk by chunk in the forward pass (the loss is a scalar, so the backward only scales
+    them), which costs two logit matmuls per chunk plus one for the gradient instead of recomputing the logits."""
+
+    @staticmethod
+    def forward(ctx, student, teacher, weight, temperature: float, chunk: int):  # noqa: D102
+        n = student.shape[0]
+        total = torch.zeros((), dtype=torch.float32, device=student.device)
+        want_student, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+        grad_student = torch.zeros_like(student) if want_student else None
+        grad_weight = torch.zeros_like(weight) if want_weight else None
+        # d(T^2 / n * KL) / d(student logits) = T / n * (p_student - p_teacher)
+        scale = temperature / max(n, 1)
+        with torch.no_grad():
+            for start in range(0, n, chunk):
+                s = student[start : start + chunk]
+                log_ps = F.log_softmax((s @ weight.T).float() / temperature, dim=-1)
+                log_pt = F.log_softmax((teacher[start : start + chunk] @ weight.T).float() / temperature, dim=-1)
+                p_t = log_pt.exp()
+                total += (p_t * (log_pt - log_ps)).sum()
+                if want_student or want_weight:
+                    g = ((log_ps.exp() - p_t) * scale).to(weight.dtype)
+                    if want_student:
+                        grad_student[start : start + chunk] = g @ weight
+                    if want_weight:
+                        grad_weight += g.T @ s
+        ctx.save_for_backward(*(t for t in (grad_student, grad_weight) if t is not None))
+        ctx.has = (want_student, want_weight)
+        return total * temperature**2 / max(n, 1)
+
+    @staticmethod
+    def backward(ctx, grad_output):  # noqa: D102
+        saved = list(ctx.saved_tensors)
+        grad_student = saved.pop(0) * grad_output if ctx.has[0] else None
+        grad_weight = saved.pop(0) * grad_output if ctx.has[1] else None
+        return grad_student, None, grad_weight, None, None
+
+
+def chunked_logit_distillation(
+    student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, weight: torch.Tensor, temperature: float, chunk: int
+) -> torch.Tensor:
+    """`logit_distillation(student_hidden @ W.T, teacher_hidden @ W.T, T)` for a bias-free LM head `W`, computed
+    `chunk` tokens at a time so that memory grows with `chunk x vocab` instead of `tokens x vocab`."""
+    return _ChunkedLogitKL.apply(student_hidden, teacher_hidden.detach(), weight, temperature, chunk)
+
+
+def layer_distillation(
+    student: tuple[torch.Tensor, ...],
+    teacher: tuple[torch.Tensor, ...],
+    layer_gates: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sum over decoder layers of the MSE between student and teacher layer outputs (`[tokens, hidden]` each),
+    taken where the student's output is non-zero (pruned hidden dims are skipped) and only for layers the student
+    keeps (NutePrune's `layer_distill_version=2`)."""
+    total = student[0].new_zeros((), dtype=torch.float32)
+    for index, (s, t) in enumerate(zip(student, teacher)):
+        if layer_gates is not None and index < layer_gates.numel() and float(layer_gates[index]) == 0.0:
+            continue
+        s, t = s.float(), t.float()
+        keep = (s != 0).float()
+        count = keep.sum()
+        if count == 0:
+            continue
+        total = total + ((s - t).pow(2) * keep).sum() / count
+    return total
