@@ -1,11 +1,26 @@
 """The main job: dense eval -> prune -> prompt selection -> K-shot task-specific LoRA recovery -> eval -> report.
 
-`make demo` runs it offline on SmolLM2-135M with the packaged data subset; the CLI and recipes reuse it.
+`make demo` runs it offline on SmolLM2-135M with the packaged data subset; the CLI (`tailored-hf run RECIPE`) and
+the recipes reuse it.
+
+Two kinds of methods, one rule:
+
+- Methods that prune once before training (`depgraph`, `magnitude`, or any method class with
+  `prunes_at_init = True`) prune the dense model *before* recovery, so the report has a "pruned, no tune" row and
+  the prompt is selected on the pruned model.
+- Every other registered method (L0 masks, ATP, ...) prunes *during* recovery: the pipeline passes
+  `callbacks=[PrunerCallback(method_config)]` to the `SFTTrainer`, exactly as a user script would; the model is
+  pruned when training ends, and the report's "pruned, no tune" row is empty.
+
+Resuming (`resume=True`): the first run records the pre-training stages (evaluations, selected prompt) and the
+pruning plan under `OUTPUT/trainer/`; a resumed run re-applies that plan to the freshly loaded dense model (no
+re-pruning) and continues from the last Trainer checkpoint (`save_strategy="steps"` makes checkpoints).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import time
@@ -18,10 +33,16 @@ import torch
 from .data import load_task_split, map_for_scoring, map_for_training, sample_k_shots
 from .data.selection import select_prompt, split_dev_and_pool
 from .loading import DEFAULT_MODEL, load_model
-from .structure import count_parameters, save_pruned
+from .methods import METHOD_REGISTRY, MethodConfig
+from .structure import PLAN_ATTRIBUTE, PruningPlan, apply_plan, count_parameters, save_pruned
 from .structure.plan import atomic_write_text
 
 logger = logging.getLogger(__name__)
+
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+#: Methods that prune once, before recovery (others prune during training through `PrunerCallback`).
+INIT_TIME_METHODS = ("depgraph", "magnitude")
+STATE_FILENAME = "pipeline_state.json"
 
 
 @dataclass
@@ -32,7 +53,9 @@ class PipelineConfig:
     task: str = field(
         default="piqa", metadata={"help": "Task to tailor the model to (PIQA: short items, fits the CPU demo)."}
     )
-    method: str = field(default="depgraph", metadata={"help": "Pruning method: depgraph or magnitude."})
+    method: str = field(
+        default="depgraph", metadata={"help": "Pruning method: a registered name (depgraph, magnitude, ...)."}
+    )
     target_sparsity: float = field(default=0.2, metadata={"help": "Fraction of total parameters removed."})
     k_shots: int = field(default=50, metadata={"help": "Training shots for recovery (paper: 50)."})
     prompt: str | None = field(default=None, metadata={"help": "Prompt variant; None selects one on a dev slice."})
@@ -51,12 +74,86 @@ class PipelineConfig:
     )
     output_dir: str = field(default="outputs/demo", metadata={"help": "Where the model and reports go."})
     seed: int = field(default=0, metadata={"help": "Seed for sampling, calibration and training."})
+    eval_task: str | None = field(
+        default=None,
+        metadata={
+            "help": "Multiple-choice task scored before/after pruning (default: `task`). Needed when `task` is a "
+            "generation task such as alpaca."
+        },
+    )
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: list(LORA_TARGET_MODULES),
+        metadata={"help": "Modules that receive LoRA adapters (default: every attention and FFN projection)."},
+    )
+    method_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Further fields of the method's config (e.g. DepGraphConfig's importance, round_to); "
+            "target_sparsity and seed are passed from this config."
+        },
+    )
+    training_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "Further `trl.SFTConfig` fields (override the pipeline's training defaults)."},
+    )
+    resume: bool = field(
+        default=False,
+        metadata={"help": "Continue from the last Trainer checkpoint in OUTPUT/trainer (re-applies the saved plan)."},
+    )
+    progress: bool = field(default=False, metadata={"help": "Show progress bars (stages and training steps)."})
 
     def __post_init__(self) -> None:
         if not 0.0 < self.target_sparsity <= 0.9:
             raise ValueError(f"target_sparsity must be in (0, 0.9], got {self.target_sparsity}.")
-        if self.method not in ("depgraph", "magnitude"):
-            raise ValueError(f"method must be 'depgraph' or 'magnitude', got {self.method!r}.")
+        if self.method not in METHOD_REGISTRY:
+            close = difflib.get_close_matches(self.method, list(METHOD_REGISTRY), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"Unknown method {self.method!r}; registered methods: {sorted(METHOD_REGISTRY)}.{hint}")
+        if "per_device_train_batch_size" in self.training_kwargs and self.batch_size != PipelineConfig.batch_size:
+            raise ValueError(
+                "Both batch_size and per_device_train_batch_size are set; set only one (batch_size is the "
+                "pipeline's name for per_device_train_batch_size)."
+            )
+        self.method_config()  # validates method_kwargs early
+        from .data import get_task
+
+        if self.prompt is None and get_task(self.task).kind == "generation":
+            raise ValueError(
+                f"Task {self.task!r} is a generation task, so no prompt can be selected by scoring it: set `prompt` "
+                "(e.g. prompt: alpaca) and `eval_task` (a multiple-choice task to score)."
+            )
+
+    @property
+    def scored_task(self) -> str:
+        """The multiple-choice task that is evaluated (`eval_task`, else `task`)."""
+        return self.eval_task or self.task
+
+    def method_config(self) -> MethodConfig:
+        """The method's config dataclass: `target_sparsity` and `seed` from here, then `method_kwargs`."""
+        config_class = METHOD_REGISTRY[self.method].config_class
+        names = {f.name for f in fields(config_class)}
+        unknown = [k for k in self.method_kwargs if k not in names]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], sorted(names), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"{config_class.__name__} has no field {unknown[0]!r}.{hint} Valid fields: {sorted(names)}."
+            )
+        kwargs = {k: v for k, v in (("target_sparsity", self.target_sparsity), ("seed", self.seed)) if k in names}
+        kwargs.update(self.method_kwargs)
+        return config_class(**kwargs)
+
+    @property
+    def prunes_before_training(self) -> bool:
+        """True for methods that prune once before recovery; False for methods that prune during training."""
+        return prunes_before_training(self.method)
+
+
+def prunes_before_training(method: str) -> bool:
+    """Whether `method` prunes before recovery (class attribute `prunes_at_init`, default: depgraph/magnitude)."""
+    cls = METHOD_REGISTRY[method]
+    return bool(getattr(cls, "prunes_at_init", method in INIT_TIME_METHODS))
 
 
 def evaluate_model(model, tokenizer, cfg: PipelineConfig, validation, prompt: str = "lm_eval") -> dict[str, Any]:
@@ -67,13 +164,13 @@ def evaluate_model(model, tokenizer, cfg: PipelineConfig, validation, prompt: st
 
     model.eval()
     start = time.perf_counter()
-    items = map_for_scoring(validation, cfg.task, prompt=prompt, tokenizer=tokenizer)
+    items = map_for_scoring(validation, cfg.scored_task, prompt=prompt, tokenizer=tokenizer)
     result = score_multiple_choice(model, tokenizer, items, batch_size=16, packed=True)
     scored = time.perf_counter()
     stream = tokenizer(load_lm_text("wikitext2", data_dir=cfg.data_dir), return_tensors="pt").input_ids[0]
     ppl = token_perplexity(model, stream, max_windows=cfg.ppl_windows).perplexity
     return {
-        "task": cfg.task,
+        "task": cfg.scored_task,
         "prompt": prompt,
         "acc": result.acc,
         "acc_norm": result.acc_norm,
@@ -83,44 +180,54 @@ def evaluate_model(model, tokenizer, cfg: PipelineConfig, validation, prompt: st
     }
 
 
-def prune_model(model, tokenizer, cfg: PipelineConfig):
-    """Prune with the configured method; returns the plan."""
-    from .structure import apply_plan
-
+def prune_model(model, tokenizer, cfg: PipelineConfig) -> PruningPlan:
+    """Prune with a method that prunes before training (see `prunes_before_training`); returns the plan."""
+    method_config = cfg.method_config()
     if cfg.method == "magnitude":
         from .structure.simple import magnitude_plan
 
-        plan = magnitude_plan(model, cfg.target_sparsity)
+        plan = magnitude_plan(model, method_config.target_sparsity, prune_heads=method_config.prune_heads)
         apply_plan(model, plan)
         return plan
-    from .data import calibration_batches
-    from .methods.depgraph import DepGraphConfig, prune
+    if cfg.method == "depgraph":
+        from .data import calibration_batches
+        from .methods.depgraph import prune
 
-    method_config = DepGraphConfig(target_sparsity=cfg.target_sparsity, seed=cfg.seed)
-    calibration = calibration_batches(
-        tokenizer,
-        source=method_config.calibration_source,
-        n_samples=method_config.num_calibration_samples,
-        seq_len=method_config.calibration_seq_len,
-        seed=cfg.seed,
-        data_dir=cfg.data_dir,
-    )
-    _, plan = prune(model, method_config, calibration=calibration)
-    return plan
+        calibration = None
+        if method_config.importance not in ("l1", "l2", "random"):
+            calibration = calibration_batches(
+                tokenizer,
+                source=method_config.calibration_source,
+                n_samples=method_config.num_calibration_samples,
+                seq_len=method_config.calibration_seq_len,
+                seed=method_config.seed,
+                data_dir=cfg.data_dir,
+            )
+        _, plan = prune(model, method_config, calibration=calibration, progress=cfg.progress)
+        return plan
+    from .methods import build_method
+
+    method = build_method(method_config)
+    method.check_model(model)
+    method.on_init_end(model, tokenizer=tokenizer, args=None, calibration=None, progress=cfg.progress)
+    if method.plan is None:
+        raise ValueError(
+            f"Method {cfg.method!r} declares prunes_at_init but produced no plan in on_init_end; set "
+            "`prunes_at_init = False` on its class so the pipeline prunes it during training."
+        )
+    return method.plan
 
 
-def recover(model, tokenizer, shots, cfg: PipelineConfig, prompt: str, output_dir: Path):
-    """K-shot task-specific LoRA recovery with TRL's SFTTrainer (completion-only loss)."""
-    from peft import LoraConfig
-    from trl import SFTConfig, SFTTrainer
+def training_arguments(cfg: PipelineConfig, output_dir: Path):
+    """The `SFTConfig` of the recovery run: the pipeline's defaults, then `cfg.training_kwargs`."""
+    from trl import SFTConfig
 
-    train = map_for_training(shots, cfg.task, prompt=prompt, tokenizer=tokenizer)
-    args = SFTConfig(
+    kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir / "trainer"),
         per_device_train_batch_size=cfg.batch_size,
         num_train_epochs=cfg.num_train_epochs,
         learning_rate=cfg.learning_rate,
-        warmup_ratio=cfg.warmup_ratio,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the total steps
         lr_scheduler_type="linear",
         optim="adamw_torch",
         logging_steps=1,
@@ -133,64 +240,198 @@ def recover(model, tokenizer, shots, cfg: PipelineConfig, prompt: str, output_di
         completion_only_loss=True,
         seed=cfg.seed,
         dataloader_num_workers=0,
-        disable_tqdm=True,
+        disable_tqdm=not cfg.progress,
     )
+    valid = {f.name for f in fields(SFTConfig)}
+    for key in cfg.training_kwargs:
+        if key not in valid:
+            close = difflib.get_close_matches(key, sorted(valid), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"training_kwargs: SFTConfig has no field {key!r}.{hint}")
+    kwargs.update(cfg.training_kwargs)
+    return SFTConfig(**kwargs)
+
+
+def recover(
+    model, tokenizer, shots, cfg: PipelineConfig, prompt: str, output_dir: Path, resume_from: str | None = None
+):
+    """K-shot task-specific LoRA recovery with TRL's SFTTrainer (completion-only loss).
+
+    Methods that prune during training run here, as `callbacks=[PrunerCallback(cfg.method_config())]`.
+    """
+    from peft import LoraConfig
+    from trl import SFTTrainer
+
+    train = map_for_training(shots, cfg.task, prompt=prompt, tokenizer=tokenizer)
+    args = training_arguments(cfg, output_dir)
     peft_config = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
-        lora_dropout=0.05,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_target_modules),
         task_type="CAUSAL_LM",
     )
+    callbacks = []
+    if not cfg.prunes_before_training:
+        from .callback import PrunerCallback
+
+        method_config = cfg.method_config()
+        callbacks.append(PrunerCallback(method_config, calibration=method_calibration(method_config, tokenizer, cfg)))
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=train, processing_class=tokenizer, peft_config=peft_config
+        model=model,
+        args=args,
+        train_dataset=train,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
     )
-    result = trainer.train()
-    return trainer.model, {"train_loss": result.training_loss, "steps": result.global_step, "examples": len(train)}
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    tuned = trainer.model
+    if hasattr(tuned, "merge_and_unload"):  # evaluate and save the merged weights (same function, faster forward)
+        tuned = tuned.merge_and_unload()
+    example = train[0]["prompt"] + train[0]["completion"] if len(train) and "prompt" in train.column_names else None
+    stats = {
+        "train_loss": result.training_loss,
+        "steps": result.global_step,
+        "examples": len(train),
+        "example": example,
+    }
+    return tuned, stats
+
+
+def method_calibration(method_config: MethodConfig, tokenizer, cfg: PipelineConfig) -> torch.Tensor | None:
+    """Calibration token ids for a method whose config names a calibration source, drawn with `cfg.data_dir`.
+
+    Methods draw their own calibration when given none, but without the pipeline's `data_dir`; drawing it here
+    makes `data_dir` in a recipe reach every method. Returns None when the config has no calibration fields.
+    """
+    names = ("calibration_source", "num_calibration_samples", "calibration_seq_len")
+    if not all(hasattr(method_config, name) for name in names):
+        return None
+    from .data import calibration_batches
+
+    return calibration_batches(
+        tokenizer,
+        source=method_config.calibration_source,
+        n_samples=method_config.num_calibration_samples,
+        seq_len=method_config.calibration_seq_len,
+        seed=getattr(method_config, "seed", cfg.seed),
+        data_dir=cfg.data_dir,
+    )
+
+
+def _last_checkpoint(trainer_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(trainer_dir)) if trainer_dir.is_dir() else None
 
 
 def run(cfg: PipelineConfig) -> dict[str, Any]:
     """Run the whole job and write `model/`, `report.json` and `report.md` under `cfg.output_dir`."""
+    from tqdm.auto import tqdm
+
     torch.manual_seed(cfg.seed)
     output_dir = Path(cfg.output_dir)
+    trainer_dir = output_dir / "trainer"
+    state_path = trainer_dir / STATE_FILENAME
+    stages = tqdm(total=6, desc="tailored_hf", unit="stage", disable=not cfg.progress)
+
+    def stage(name: str) -> None:
+        stages.set_postfix_str(name)
+
+    resume_from = _last_checkpoint(trainer_dir) if cfg.resume else None
+    if cfg.resume and resume_from is None:
+        logger.info("resume=True but no checkpoint in %s: starting from scratch", trainer_dir)
+    saved = json.loads(state_path.read_text()) if resume_from and state_path.is_file() else None
+    if resume_from and saved is None:
+        raise ValueError(
+            f"Cannot resume from {resume_from}: {state_path} is missing (it is written before training starts). "
+            "Run again without resume."
+        )
+
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    stage("load")
     model, tokenizer = load_model(cfg.model)
     timings["load"] = time.perf_counter() - t0
 
-    validation = load_task_split(cfg.task, "validation", data_dir=cfg.data_dir)
+    validation = load_task_split(cfg.scored_task, "validation", data_dir=cfg.data_dir)
     validation = validation.select(range(min(cfg.eval_limit, len(validation))))
     train_split = load_task_split(cfg.task, "train", data_dir=cfg.data_dir)
     dev, pool = split_dev_and_pool(train_split, dev_size=cfg.dev_size, seed=cfg.seed)
     shots = sample_k_shots(pool, cfg.k_shots, seed=cfg.seed, task=cfg.task)
+    stages.update()
 
-    t = time.perf_counter()
-    dense = evaluate_model(model, tokenizer, cfg, validation)
-    timings["eval_dense"] = time.perf_counter() - t
-    params_dense = count_parameters(model)
-
-    t = time.perf_counter()
-    plan = prune_model(model, tokenizer, cfg)
-    timings["prune"] = time.perf_counter() - t
-    params_pruned = count_parameters(model)
-
-    t = time.perf_counter()
-    pruned = evaluate_model(model, tokenizer, cfg, validation)
-    timings["eval_pruned"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    if cfg.prompt is None:
-        selection = select_prompt(model, tokenizer, dev, cfg.task, packed=True)
-        prompt = selection.best
-        selection_table = selection.table
+    plan: PruningPlan | None = None
+    if saved is not None:
+        logger.info("Resuming from %s (re-applying the saved plan, reusing the recorded evaluations)", resume_from)
+        timings.update(saved["timings"])
+        dense, pruned, prompt, selection_table = (
+            saved["dense"],
+            saved["pruned_no_tune"],
+            saved["prompt"],
+            saved["selection_table"],
+        )
+        params_dense = saved["params_dense"]
+        if saved.get("plan") is not None:
+            plan = PruningPlan.from_dict(saved["plan"])
+            apply_plan(model, plan)
+        stages.update(3)
     else:
-        prompt, selection_table = cfg.prompt, []
-    timings["prompt_selection"] = time.perf_counter() - t
+        stage("dense eval")
+        t = time.perf_counter()
+        dense = evaluate_model(model, tokenizer, cfg, validation)
+        timings["eval_dense"] = time.perf_counter() - t
+        params_dense = count_parameters(model)
+        stages.update()
 
+        stage("prune")
+        pruned = None
+        if cfg.prunes_before_training:
+            t = time.perf_counter()
+            plan = prune_model(model, tokenizer, cfg)
+            timings["prune"] = time.perf_counter() - t
+            t = time.perf_counter()
+            pruned = evaluate_model(model, tokenizer, cfg, validation)
+            timings["eval_pruned"] = time.perf_counter() - t
+        stages.update()
+
+        stage("prompt selection")
+        t = time.perf_counter()
+        if cfg.prompt is None:
+            selection = select_prompt(model, tokenizer, dev, cfg.task, packed=True)
+            prompt = selection.best
+            selection_table = selection.table
+        else:
+            prompt, selection_table = cfg.prompt, []
+        timings["prompt_selection"] = time.perf_counter() - t
+        stages.update()
+        trainer_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "dense": dense,
+            "pruned_no_tune": pruned,
+            "prompt": prompt,
+            "selection_table": selection_table,
+            "params_dense": params_dense,
+            "plan": plan.to_dict() if plan is not None else None,
+            "timings": timings,
+        }
+        atomic_write_text(state_path, json.dumps(state))
+
+    stage("recovery")
     t = time.perf_counter()
-    tuned_model, train_stats = recover(model, tokenizer, shots, cfg, prompt, output_dir)
+    tuned_model, train_stats = recover(model, tokenizer, shots, cfg, prompt, output_dir, resume_from=resume_from)
     timings["recovery"] = time.perf_counter() - t
+    from . import arch as A
 
+    if plan is None:  # a method that pruned during training
+        plan = getattr(A.unwrap_model(tuned_model), PLAN_ATTRIBUTE, None)
+        if plan is None:
+            raise ValueError(f"Method {cfg.method!r} finished training without producing a pruning plan.")
+    params_pruned = count_parameters(tuned_model)
+    stages.update()
+
+    stage("final eval")
     t = time.perf_counter()
     tuned = evaluate_model(tuned_model, tokenizer, cfg, validation)
     tuned_same_prompt = None
@@ -203,16 +444,21 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         tuned_model,
         output_dir / "model",
         tokenizer,
+        plan=plan,
         extra_metadata={"method": cfg.method, "target_sparsity": cfg.target_sparsity, "task": cfg.task},
     )
     timings["save"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
+    stages.update()
+    stages.close()
 
     from .data import get_task
 
-    chance = get_task(cfg.task).chance
+    chance = get_task(cfg.scored_task).chance
     report = {
         "config": asdict(cfg),
+        "method_config": cfg.method_config().to_dict(),
+        "method_non_default": cfg.method_config().non_default_fields(),
         "params": {
             "dense": params_dense,
             "pruned": params_pruned,
@@ -226,18 +472,18 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         "tuned": tuned,
         "tuned_selected_prompt": tuned_same_prompt,
         "recovery_rate": {
-            "pruned_no_tune": pruned["acc"] / dense["acc"],
+            "pruned_no_tune": pruned["acc"] / dense["acc"] if pruned else None,
             "tuned": tuned["acc"] / dense["acc"],
         },
         "chance": chance,
         "dense_near_chance": abs(dense["acc"] - chance) <= 0.02,
         "prompt_selection": {"selected": prompt, "table": selection_table},
-        "training": train_stats,
+        "training": {**train_stats, "resumed_from": resume_from},
         "timings_s": timings,
         "perplexity": {
             "wikitext2": {
                 "dense": dense["wikitext2_ppl"],
-                "pruned": pruned["wikitext2_ppl"],
+                "pruned": pruned["wikitext2_ppl"] if pruned else None,
                 "tuned": tuned["wikitext2_ppl"],
             }
         },
@@ -264,6 +510,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     dense_acc = report["dense"]["acc"]
     for label, key in (("dense", "dense"), ("pruned, no tune", "pruned_no_tune"), ("pruned + task LoRA", "tuned")):
         row = report[key]
+        if row is None:  # the method pruned during training: there is no pruned-but-untuned model
+            lines.append(f"| {label} | - | - | - | - |")
+            continue
         lines.append(
             f"| {label} | {row['acc']:.4f} | {row['acc_norm']:.4f} | {row['acc'] / dense_acc:.3f} | {row['wikitext2_ppl']:.2f} |"
         )
@@ -284,11 +533,23 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def parse_args(argv: list[str] | None = None) -> PipelineConfig:
-    parser = argparse.ArgumentParser(description=__doc__)
+    """Scalar fields become `--flags`; list/dict fields (method_kwargs, training_kwargs, ...) are set by recipes."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in fields(PipelineConfig):
+        base = str(f.type).split(" ")[0]
+        if base.startswith(("list", "dict")):
+            continue
         flag = "--" + f.name.replace("_", "-")
-        kind = {"float": float, "int": int}.get(str(f.type).split(" ")[0], str)
+        kind = {"float": float, "int": int, "bool": _parse_bool}.get(base, str)
         parser.add_argument(flag, type=kind, default=f.default, help=f.metadata.get("help"))
     return PipelineConfig(**vars(parser.parse_args(argv)))
 

@@ -1,0 +1,196 @@
+"""`tailored-hf` CLI: `run` a shipped recipe offline (tiny local base model), resume it, `eval`, errors, help."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, ClassVar
+
+import pytest
+from huggingface_hub import ModelCard
+from transformers import AutoModelForCausalLM
+
+from tailored_hf import arch as A
+from tailored_hf.cli import main
+from tailored_hf.hub.plot import PLOT_FILENAME
+from tailored_hf.methods import METHOD_REGISTRY, MethodConfig, PruningMethod
+from tailored_hf.pipeline import PipelineConfig, run
+from tailored_hf.structure import PLAN_FILENAME, PruningPlan, apply_plan, count_parameters
+from tailored_hf.structure.simple import magnitude_plan
+
+from .conftest import REPO_ROOT
+from .hub.conftest import TINY_OVERRIDES, save_tiny_base
+
+BOOLQ_20 = REPO_ROOT / "recipes" / "tailored-llama" / "boolq-20.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    return save_tiny_base(tmp_path_factory.mktemp("base") / "tiny")
+
+
+def _set(*items: str) -> list[str]:
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def test_run_boolq_recipe_offline_and_resume(tiny_base, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["run", str(BOOLQ_20), "--output-dir", str(out), "--quiet", *_set(f"model={tiny_base}", *TINY_OVERRIDES)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| pruned + task LoRA |" in printed and "Card:" in printed
+
+    model_dir = out / "model"
+    for name in ("model.safetensors", "config.json", PLAN_FILENAME, "README.md", PLOT_FILENAME, "tokenizer.json"):
+        assert (model_dir / name).is_file(), name
+    assert (model_dir / PLOT_FILENAME).read_bytes().startswith(b"\x89PNG")
+    report = json.loads((out / "report.json").read_text())
+    assert (out / "report.md").read_text().startswith("# tailored_hf:")
+    assert report["config"]["task"] == "boolq" and report["config"]["method"] == "depgraph"
+    assert report["method_non_default"] == {"num_calibration_samples": 2, "calibration_seq_len": 32}
+    assert report["training"]["steps"] == 2 and report["training"]["resumed_from"] is None
+    assert 0.1 < report["achieved_sparsity"] < 0.3
+    reloaded = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert count_parameters(reloaded) == report["params"]["pruned"]
+    card = ModelCard.load(model_dir / "README.md")
+    assert any(r.metric_name == "acc (dense baseline)" for r in card.data.eval_results)
+    assert "tailored-hf run" in card.text and "boolq-20.yaml" in card.text
+    assert sorted(p.name for p in (out / "trainer").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+
+    # Resume: the saved plan is re-applied to the dense base (the pruned-shape LoRA checkpoint would not load onto
+    # a dense model otherwise), the recorded evaluations are reused, and training continues at step 2 -> 3.
+    assert main([*argv, "--resume", "--set", "max_steps=3"]) == 0
+    resumed = json.loads((out / "report.json").read_text())
+    assert resumed["training"]["resumed_from"].endswith("checkpoint-2")
+    assert resumed["training"]["steps"] == 3
+    assert resumed["dense"] == report["dense"] and resumed["pruned_no_tune"] == report["pruned_no_tune"]
+    assert resumed["per_layer"] == report["per_layer"]
+    assert PruningPlan.load(model_dir / PLAN_FILENAME).per_layer_sizes() == report["per_layer"]
+
+    # A checkpoint without the pipeline's recorded state cannot be resumed: clear message, exit status 2.
+    (out / "trainer" / "pipeline_state.json").unlink()
+    assert main([*argv, "--resume"]) == 2
+    assert "pipeline_state.json is missing" in capsys.readouterr().err
+
+
+def test_cli_errors_exit_2_with_the_fix(capsys):
+    assert main(["run", str(BOOLQ_20), *_set("eval_limt=3")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'eval_limt'" in err and "Did you mean 'eval_limit'?" in err
+    assert main(["run", str(BOOLQ_20), *_set("k_shots=many")]) == 2
+    assert "k_shots expects int" in capsys.readouterr().err
+    assert main(["run", "recipes/none.yaml"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_eval_command(tiny_base, tmp_path, capsys):
+    output = tmp_path / "eval.json"
+    argv = ["eval", str(tiny_base), "--tasks", "boolq,piqa", "--limit", "3", "--output", str(output)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| boolq | acc |" in printed and "| piqa | acc |" in printed
+    results = json.loads(output.read_text())["results"]
+    assert set(results) == {"boolq", "piqa"} and results["boolq"]["n"] == 3
+
+
+@dataclass
+class _PruneAtTrainEndConfig(MethodConfig):
+    """A training-time method for the test: prunes by magnitude when training ends."""
+
+    target_sparsity: float = field(default=0.2, metadata={"help": "Fraction removed."})
+    seed: int = field(default=0, metadata={"help": "Unused."})
+
+
+class _PruneAtTrainEnd(PruningMethod):
+    config_class: ClassVar[type[MethodConfig]] = _PruneAtTrainEndConfig
+    prunes_at_init = False
+    events: ClassVar[list[str]] = []
+
+    def on_init_end(self, model, **context: Any) -> None:
+        self.events.append("init_end:" + ("peft" if A.unwrap_model(model) is not model else "plain"))
+
+    def on_train_end(self, model, **context: Any) -> None:
+        self.events.append("train_end")
+        self.plan = magnitude_plan(A.unwrap_model(model), self.config.target_sparsity, prune_heads=False)
+        apply_plan(model, self.plan)
+
+
+def test_training_time_method_prunes_through_the_callback(tiny_base, tmp_path, monkeypatch):
+    monkeypatch.setitem(METHOD_REGISTRY, "test_train_end", _PruneAtTrainEnd)
+    monkeypatch.setattr(_PruneAtTrainEndConfig, "method_name", "test_train_end")
+    _PruneAtTrainEnd.events.clear()
+    cfg = PipelineConfig(
+        model=str(tiny_base),
+        task="piqa",
+        method="test_train_end",
+        target_sparsity=0.3,
+        k_shots=8,
+        dev_size=6,
+        eval_limit=4,
+        ppl_windows=2,
+        max_length=64,
+        prompt="lm_eval",
+        output_dir=str(tmp_path / "out"),
+        training_kwargs={"max_steps": 2},
+    )
+    assert not cfg.prunes_before_training
+    report = run(cfg)
+    assert _PruneAtTrainEnd.events == ["init_end:peft", "train_end"]  # via PrunerCallback in the SFTTrainer
+    assert report["pruned_no_tune"] is None and report["recovery_rate"]["pruned_no_tune"] is None
+    assert report["params"]["pruned"] < report["params"]["dense"]
+    assert "| pruned, no tune | - |" in (tmp_path / "out" / "report.md").read_text()
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "model")
+    assert count_parameters(reloaded) == report["params"]["pruned"]
+
+
+def test_console_script_and_module_help():
+    scripts = {e.name: e.value for e in metadata.entry_points(group="console_scripts")}
+    assert scripts.get("tailored-hf") == "tailored_hf.cli:main"
+    result = subprocess.run(
+        [sys.executable, "-m", "tailored_hf", "run", "--help"], capture_output=True, text=True, cwd=REPO_ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    for line in ("k_shots (int)", "importance (str)", "gradient_accumulation_steps (int)", "prune_heads (bool)"):
+        assert line in result.stdout
+    assert "Training shots for recovery" in result.stdout
+    assert "Number of update steps to accumulate" in result.stdout
+
+
+@dataclass
+class _CalibratedConfig(MethodConfig):
+    calibration_source: str = field(default="c4", metadata={"help": "Source."})
+    num_calibration_samples: int = field(default=2, metadata={"help": "Windows."})
+    calibration_seq_len: int = field(default=16, metadata={"help": "Tokens."})
+    seed: int = field(default=0, metadata={"help": "Seed."})
+
+
+def test_training_time_methods_get_calibration_from_the_recipes_data_dir(shared_data_dir):
+    from tailored_hf.pipeline import method_calibration
+
+    from .hub.conftest import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    ids = method_calibration(_CalibratedConfig(), tokenizer, PipelineConfig(data_dir=str(shared_data_dir)))
+    assert tuple(ids.shape) == (2, 16)
+    with pytest.raises(ValueError, match="c4"):  # the packaged subset has no C4: data_dir is what made it work
+        method_calibration(_CalibratedConfig(), tokenizer, PipelineConfig())
+    assert method_calibration(_PruneAtTrainEndConfig(), tokenizer, PipelineConfig()) is None
+
+
+@pytest.mark.slow
+def test_run_recipe_on_real_smollm2(tmp_path):
+    """The piqa-20 recipe on the real SmolLM2-135M (cached offline alias), tiny settings: card names the base model."""
+    out = tmp_path / "smol"
+    overrides = ("importance=l2", "eval_limit=4", "ppl_windows=1", "dev_size=4", "k_shots=4", "max_steps=1")
+    overrides += ("save_strategy=no", "max_length=64", "prompt=lm_eval")
+    recipe = REPO_ROOT / "recipes" / "tailored-llama" / "piqa-20.yaml"
+    assert main(["run", str(recipe), "--quiet", "--output-dir", str(out), *_set(*overrides)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["params"]["dense"] == 134_515_008
+    assert report["achieved_sparsity"] == pytest.approx(0.2, abs=0.01)
+    card = ModelCard.load(out / "model" / "README.md")
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and card.data.license == "apache-2.0"
+    assert "2502.02737" in card.text and "`importance`: `l2`" in card.text
