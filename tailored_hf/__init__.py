@@ -9,8 +9,11 @@ __version__ = "0.1.0.dev0"
 from . import modeling  # noqa: E402,F401  (registers the Auto classes)
 from .arch import ARCHITECTURES, UnsupportedArchitectureError, get_arch  # noqa: E402
 from .callback import PrunerCallback  # noqa: E402
+from .hub import push_to_hub  # noqa: E402
 from .loading import load_model  # noqa: E402
+from .methods.atp import ATPConfig  # noqa: E402
 from .methods.depgraph import DepGraphConfig, prune  # noqa: E402
+from .methods.l0 import L0Config, NutePruneConfig  # noqa: E402
 from .structure import (  # noqa: E402
     PlanError,
     PruningPlan,
@@ -21,8 +24,11 @@ from .structure import (  # noqa: E402
 )
 
 __all__ = [
+    "ATPConfig",
     "ARCHITECTURES",
     "DepGraphConfig",
+    "L0Config",
+    "NutePruneConfig",
     "PlanError",
     "PrunerCallback",
     "PruningPlan",
@@ -33,6 +39,7 @@ __all__ = [
     "count_parameters",
     "get_arch",
     "load_model",
+    "push_to_hub",
     "prune",
     "save_pruned",
 ]

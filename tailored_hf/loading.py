@@ -105,7 +105,9 @@ def load_model(
     if kwargs.get("trust_remote_code"):
         raise ValueError("tailored_hf never loads remote code; drop `trust_remote_code`.")
     if kwargs.setdefault("use_safetensors", True) is not True:
-        raise ValueError("tailored_hf loads safetensors weights only (pickled checkpoints can run code); convert first.")
+        raise ValueError(
+            "tailored_hf loads safetensors weights only (pickled checkpoints can run code); convert first."
+        )
     path: str | Path = resolve_offline_alias(name_or_path) if name_or_path in OFFLINE_ALIASES else name_or_path
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
     if Path(path).is_dir():

@@ -219,7 +219,16 @@ def _validate_item(item: Mapping[str, Any], index: int) -> tuple[list[str], list
 
 
 def _output_head(model):
-    """(decoder, head) when logits can be computed on selected positions only, else None."""
+    """(decoder, head) when logits can be computed on selected positions only, else None.
+
+    PEFT / DDP wrappers are looked through: LoRA layers live inside the base model's modules, so its decoder runs them.
+    """
+    from ..arch import unwrap_model
+
+    try:
+        model = unwrap_model(model)
+    except (TypeError, ValueError):
+        return None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     decoder = getattr(model, "model", None)
     config = getattr(model, "config", None)

@@ -108,7 +108,49 @@ def save_pruned(
     return output_dir
 
 
+#: Files a model save writes; a destination holding anything else (e.g. a Trainer's `checkpoint-*` folders) is merged
+#: into file by file instead of being swapped as a whole.
+MODEL_FILE_PATTERNS = (
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+    PLAN_FILENAME,
+)
+
+
+def _is_model_file(path: Path) -> bool:
+    return path.is_file() and any(path.match(pattern) for pattern in MODEL_FILE_PATTERNS)
+
+
 def _replace_dir(staging: Path, target: Path) -> None:
+    """Move the staged save into `target`.
+
+    An empty or model-only `target` is swapped whole (two renames). A `target` that also holds other entries (a
+    Trainer output directory with checkpoints, logs, a user's files) keeps them: each staged file replaces its
+    namesake atomically, stale model files of the previous save are removed, and the plan is moved last.
+    """
+    if target.exists() and not all(_is_model_file(entry) for entry in target.iterdir()):
+        staged = sorted(staging.iterdir(), key=lambda p: p.name == PLAN_FILENAME)
+        for stale in target.iterdir():
+            if _is_model_file(stale) and not (staging / stale.name).exists():
+                stale.unlink()
+        for entry in staged:
+            destination = target / entry.name
+            if entry.is_dir():
+                if destination.exists():
+                    shutil.rmtree(destination)
+                os.replace(entry, destination)
+            else:
+                os.replace(entry, destination)
+        shutil.rmtree(staging, ignore_errors=True)
+        return
     backup = None
     if target.exists():
         backup = target.with_name(f".{target.name}.old-{os.getpid()}")

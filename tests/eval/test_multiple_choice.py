@@ -96,3 +96,25 @@ def test_stderr_and_validation(tiny_model, tiny_tokenizer):
         score_multiple_choice(tiny_model, tiny_tokenizer, [{"contexts": ["a"], "continuations": [" b"], "gold": 3}])
     with pytest.raises(ValueError, match="contexts"):
         score_multiple_choice(tiny_model, tiny_tokenizer, [{"continuations": [" b"], "gold": 0}])
+
+
+def test_packed_scoring_of_a_peft_model_runs_its_lora(tiny_model, tiny_tokenizer):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    items = [
+        {"contexts": ["The river"] * 2, "continuations": [" flows", " sings"], "gold": 0},
+        {"contexts": ["Is the sky blue?"] * 3, "continuations": [" yes", " no", " maybe"], "gold": 1},
+    ]
+    peft_model = get_peft_model(copy.deepcopy(tiny_model), LoraConfig(r=2, target_modules=["q_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)  # a non-zero adapter, so a scorer that skipped LoRA would disagree
+    merged = copy.deepcopy(peft_model).merge_and_unload()
+    for packed in (False, True):
+        lora = score_multiple_choice(peft_model, tiny_tokenizer, items, packed=packed)
+        reference = score_multiple_choice(merged, tiny_tokenizer, items, packed=packed)
+        for a, b in zip(lora.items, reference.items):
+            assert a.loglikelihoods == pytest.approx(b.loglikelihoods, abs=1e-4)

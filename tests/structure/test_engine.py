@@ -319,3 +319,21 @@ def test_plan_json_round_trip(tiny_model, tmp_path):
     assert loaded.to_dict() == plan.to_dict()
     with pytest.raises(PlanError, match="format_version"):
         PruningPlan.from_dict({**plan.to_dict(), "format_version": 99})
+
+
+def test_save_into_a_trainer_output_dir_keeps_its_checkpoints(tmp_path):
+    model = make_tiny_model("llama")
+    apply_plan(model, random_plan(model, seed=7))
+    out = tmp_path / "run"
+    (out / "checkpoint-1").mkdir(parents=True)
+    (out / "checkpoint-1" / "trainer_state.json").write_text("{}")
+    (out / "notes.txt").write_text("mine")
+    (out / "model-00001-of-00002.safetensors").write_text("stale shard of an earlier save")
+    save_pruned(model, out)
+    assert (out / "checkpoint-1" / "trainer_state.json").read_text() == "{}"
+    assert (out / "notes.txt").read_text() == "mine"
+    assert not (out / "model-00001-of-00002.safetensors").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = input_batch()
+    torch.testing.assert_close(logits(reloaded, ids), logits(model, ids), atol=0, rtol=0)
