@@ -84,6 +84,10 @@ class PrunerCallback(TrainerCallback):
         self.method.on_train_end(kwargs["model"], args=args, state=state)
         self._check_ranks_agree()
         self._after_event(kwargs["model"])
+        if self._pending_logs:  # no log event follows train end: record the final metrics in the history directly
+            final = {LOG_PREFIX + key: value for key, value in self._pending_logs.items()}
+            state.log_history.append({**final, "step": state.global_step})
+            self._pending_logs.clear()
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
         if logs is None or not self._pending_logs:

@@ -192,3 +192,31 @@ def test_unsupported_model_fails_at_trainer_construction(tmp_path):
 def test_unknown_config_type_is_rejected():
     with pytest.raises(ValueError, match="No pruning method accepts"):
         PrunerCallback(object())  # type: ignore[arg-type]
+
+
+def test_metrics_set_at_train_end_reach_the_log_history(tmp_path):
+    from dataclasses import dataclass
+
+    from tailored_hf.methods.base import MethodConfig, PruningMethod, register_method
+
+    @dataclass
+    class TrainEndConfig(MethodConfig):
+        target_sparsity: float = 0.3
+
+    @register_method("test_train_end_metrics")
+    class TrainEndMethod(PruningMethod):
+        config_class = TrainEndConfig
+
+        def on_train_end(self, model, **context):
+            self.metrics["removal_loss_delta"] = 0.125
+
+    model = make_tiny_model("llama")
+    trainer = Trainer(
+        model=model,
+        args=training_args(tmp_path),
+        train_dataset=token_rows(),
+        callbacks=[PrunerCallback(TrainEndConfig())],
+    )
+    trainer.train()
+    last = trainer.state.log_history[-1]
+    assert last["pruning/removal_loss_delta"] == 0.125 and last["step"] == trainer.state.global_step

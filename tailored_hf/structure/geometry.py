@@ -180,6 +180,17 @@ class ModelGeometry:
         return data
 
 
+def require_uniform_head_dims(geometry: ModelGeometry, who: str) -> None:
+    """Raise `ValueError` when some layer already has pruned q/k or v head dims (an ATP-pruned model), for methods
+    whose scoring assumes one head dim per model."""
+    pruned = [i for i, layer in enumerate(geometry.layers) if layer.has_pruned_head_dims]
+    if pruned:
+        raise ValueError(
+            f"{who} assumes every attention head has the model's head dim, but layers {pruned} have pruned q/k or v "
+            "head dims (an ATP-pruned model). Prune the original model instead, or use the `atp` / `l0` methods."
+        )
+
+
 def _per_layer(config: PretrainedConfig, field: str, default: int, num_layers: int) -> list[int]:
     values = getattr(config, field, None)
     if values is None:

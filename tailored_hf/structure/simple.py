@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .. import arch as A
-from .geometry import ModelGeometry
+from .geometry import ModelGeometry, require_uniform_head_dims
 from .plan import PlanError, PruningPlan
 
 MAX_BISECTION_STEPS = 40
@@ -23,6 +23,7 @@ def magnitude_plan(model: nn.Module, target_sparsity: float, prune_heads: bool =
     lm = A.unwrap_model(model)
     arch = A.get_arch(lm)
     geometry = ModelGeometry.from_config(lm.config)
+    require_uniform_head_dims(geometry, "The magnitude plan")
     ffn_scores, head_scores = {}, {}
     with torch.no_grad():
         for index, layer in enumerate(A.decoder_layers(lm)):

@@ -197,3 +197,15 @@ def test_bad_head_dim_plans_are_rejected():
     plan.layers[1].v_dims = [1, 3]
     with pytest.raises(StockConfigUnavailableError, match="head dims"):
         apply_plan(model, plan, config_format="stock")
+
+
+def test_single_head_dim_methods_refuse_head_dim_pruned_models():
+    from tailored_hf.methods.depgraph import DepGraphConfig, prune
+    from tailored_hf.structure.simple import magnitude_plan
+
+    model = make_tiny_model("llama")
+    apply_plan(model, head_dim_plan(model, seed=0))
+    with pytest.raises(ValueError, match="pruned q/k or v head dims"):
+        magnitude_plan(model, 0.2)
+    with pytest.raises(ValueError, match="pruned q/k or v head dims"):
+        prune(model, DepGraphConfig(target_sparsity=0.2), calibration=input_batch(length=8))

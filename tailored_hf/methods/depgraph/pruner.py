@@ -19,6 +19,7 @@ from torch import nn
 
 from ... import arch as A
 from ...structure import LayerGeometry, ModelGeometry, PruningPlan
+from ...structure.geometry import require_uniform_head_dims
 from .config import DepGraphConfig
 from .dependency import DependencyGraph
 from .importance import build_importance, check_calibration, compute_importance, normalise
@@ -71,6 +72,7 @@ class DepGraphPruner:
         cfg = self.config
         lm = A.unwrap_model(model)
         geometry = ModelGeometry.from_config(lm.config)
+        require_uniform_head_dims(geometry, "The dependency-group pass")
         if self.needs_calibration:
             calibration = check_calibration(calibration, geometry.vocab_size)
         start, end = cfg.resolved_layer_range(geometry.num_layers)
