@@ -15,12 +15,14 @@ from pathlib import Path
 
 import torch
 
+from tailored_hf.data import get_task
 from tailored_hf.eval import COMMONSENSE_TASKS, evaluate_tasks, llm_pruner_perplexity
 from tailored_hf.loading import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
 RESULTS_DIR = ROOT / "benchmarks" / "results"
+NEAR_CHANCE = 0.02
 
 
 def main() -> None:
@@ -74,16 +76,20 @@ def main() -> None:
     lines = [
         f"# Dense {args.model}: zero-shot commonsense (validation, first {args.limit} items) and perplexity",
         "",
-        "| task | primary | acc | acc_norm | n | seconds |",
-        "|---|---|---|---|---|---|",
+        "| task | primary | acc | acc_norm | chance | n | seconds | items/s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for task, r in mc.items():
+        chance = get_task(task).chance
+        flag = " (within 2 points of chance)" if r["primary"] - chance <= NEAR_CHANCE else ""
         lines.append(
-            f"| {task} | {r['primary_metric']} {100 * r['primary']:.2f} | {100 * r['acc']:.2f} ± {100 * r['acc_stderr']:.2f} "
-            f"| {100 * r['acc_norm']:.2f} ± {100 * r['acc_norm_stderr']:.2f} | {r['n']} | {r['seconds']:.1f} |"
+            f"| {task} | {r['primary_metric']} {100 * r['primary']:.2f}{flag} "
+            f"| {100 * r['acc']:.2f} ± {100 * r['acc_stderr']:.2f} "
+            f"| {100 * r['acc_norm']:.2f} ± {100 * r['acc_norm_stderr']:.2f} | {100 * chance:.0f} | {r['n']} "
+            f"| {r['seconds']:.1f} | {r['n'] / r['seconds']:.2f} |"
         )
     lines += [
-        f"| **mean (primary)** | {100 * mean_primary:.2f} | | | | {mc_s:.1f} |",
+        f"| **mean (primary)** | {100 * mean_primary:.2f} | | | | | {mc_s:.1f} | |",
         "",
         f"Perplexity (LLM-Pruner protocol, seq_len {args.seq_len}, non-overlapping windows):",
         "",
