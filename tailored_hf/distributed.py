@@ -67,3 +67,19 @@ def check_same_on_all_ranks(text: str, what: str) -> None:
             f"{int(mismatch.item())} rank(s) computed a different {what} than rank 0; every rank must use the same "
             "model, seed and calibration data."
         )
+
+
+def all_reduce_mean_grads_(params) -> None:
+    """Average `.grad` of method-owned parameters (masks, multipliers, generators) over ranks, in place.
+
+    DDP averages the gradients of the model's parameters only; a method that steps its own optimizer calls this first
+    so every rank applies the same update. Parameters without a gradient count as zero.
+    """
+    if not is_distributed():
+        return
+    world_size = dist.get_world_size()
+    for param in params:
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+        all_reduce_sum_(param.grad)
+        param.grad.div_(world_size)

@@ -52,12 +52,31 @@ def add_loss_term(model: nn.Module, term: LossTerm, request_hidden_states: bool 
         extra = term(module, kwargs, output)
         if extra is None:
             return None
-        output.loss = output.loss + extra
+        output.loss = output.loss + extra * token_share(kwargs)
         fold_into_fused_log_probs(output, extra)
         return output
 
     handles.append(model.register_forward_hook(add, with_kwargs=True))
     return handles
+
+
+def token_share(forward_kwargs: dict[str, Any]) -> torch.Tensor | float:
+    """The weight that makes a per-optimizer-step term count once per step in `Trainer`'s loss.
+
+    When the Trainer passes `num_items_in_batch` (N: trained tokens of the whole optimizer step, over gradient
+    accumulation and, with `average_tokens_across_devices`, over ranks), the model's loss is a sum over this
+    micro-batch's n trained tokens divided by N; the Trainer neither divides it by the accumulation steps nor lets DDP's
+    averaging shrink it (it multiplies by the number of processes first). Weighting the term by n / N gives it the
+    same treatment: one full term per optimizer step, on one process or several. Without `num_items_in_batch` the
+    Trainer divides every micro-batch loss by the accumulation steps itself, so the weight is 1.
+    """
+    total = forward_kwargs.get("num_items_in_batch")
+    labels = forward_kwargs.get("labels")
+    if total is None or labels is None:
+        return 1.0
+    shift = forward_kwargs.get("shift_labels")
+    trained = shift.ne(-100).sum() if shift is not None else labels[..., 1:].ne(-100).sum()
+    return trained.to(torch.float32) / torch.as_tensor(total, device=trained.device).clamp(min=1).to(torch.float32)
 
 
 def fold_into_fused_log_probs(output: Any, extra: torch.Tensor) -> None:

@@ -32,7 +32,7 @@ def run(cmd: list[str], tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["depgraph", "magnitude"])
+@pytest.mark.parametrize("method", ["depgraph", "magnitude", "l0", "atp"])
 def test_two_processes_agree_and_match_single_process(tmp_path, method):
     accelerate = Path(sys.executable).with_name("accelerate")
     ddp, single = tmp_path / "ddp", tmp_path / "single"

@@ -13,23 +13,28 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
+from peft import LoraConfig, get_peft_model
 from transformers import Trainer, TrainingArguments
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tailored_hf import PrunerCallback  # noqa: E402
-from tailored_hf.methods import DepGraphConfig, MagnitudeConfig  # noqa: E402
+from tailored_hf.methods import ATPConfig, DepGraphConfig, L0Config, MagnitudeConfig  # noqa: E402
 from tests.conftest import make_tiny_model  # noqa: E402
 
 METHODS = {
     "depgraph": lambda: DepGraphConfig(target_sparsity=0.3, num_calibration_samples=6, calibration_seq_len=8),
     "magnitude": lambda: MagnitudeConfig(target_sparsity=0.3),
+    "l0": lambda: L0Config(target_sparsity=0.3, sparsity_warmup_steps=2, snapshot_interval=0.001),
+    "atp": lambda: ATPConfig(target_sparsity=0.3, generator_lr=0.05, calibration_batch_size=2, removal_eval_batches=1),
 }
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
 
 
 def main(out: str, method: str, per_device_batch: int) -> None:
     torch.manual_seed(0)
     model = make_tiny_model("llama", num_hidden_layers=3, intermediate_size=64)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=LORA_TARGETS))
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 96, (16, 10), generator=g).tolist()
     data = Dataset.from_dict({"input_ids": ids, "labels": ids, "attention_mask": [[1] * 10] * 16})

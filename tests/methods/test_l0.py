@@ -527,9 +527,12 @@ def test_lagrangian_drives_expected_sparsity_towards_the_target(tmp_path):
 
 
 def test_loss_term_scaling_for_accumulation_and_task_weight():
-    """Terms are divided by the accumulation steps when the Trainer normalises by num_items_in_batch (it then does
-    not divide the loss itself); task_loss_weight rescales the model's own loss."""
+    """`add_loss_term` weights a term by the micro-batch's share n / N of the step's trained tokens when the Trainer
+    normalises by `num_items_in_batch` (so it counts once per optimizer step over accumulation and ranks);
+    task_loss_weight rescales the model's own loss exactly, whatever that share."""
     from types import SimpleNamespace
+
+    from tailored_hf.peft_wrappers import token_share
 
     model = make_tiny_model("llama", num_hidden_layers=2)
     method = build_method(L0Config(target_sparsity=0.3, distillation="none", task_loss_weight=0.25))
@@ -544,6 +547,10 @@ def test_loss_term_scaling_for_accumulation_and_task_weight():
     output = SimpleNamespace(loss=torch.tensor(2.0))
     gap = float(method.masks.expected_sparsity()) - method.current_target()
     plain = method._loss_term(model, {}, output)
-    halved = method._loss_term(model, {"num_items_in_batch": 7}, output)
     torch.testing.assert_close(plain, torch.tensor(gap + (0.25 - 1.0) * 2.0, dtype=plain.dtype))
-    torch.testing.assert_close(halved, torch.tensor(gap / 2 + (0.25 - 1.0) * 2.0, dtype=plain.dtype))
+    labels = torch.tensor([[-100, 5, 6, -100, 7, 8]])  # 4 trained tokens after the causal shift
+    kwargs = {"num_items_in_batch": 8, "labels": labels}
+    share = token_share(kwargs)
+    assert float(share) == 0.5
+    added = share * method._loss_term(model, kwargs, output)
+    torch.testing.assert_close(added, torch.tensor(gap / 2 + (0.25 - 1.0) * 2.0, dtype=added.dtype))

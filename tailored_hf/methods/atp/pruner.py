@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ... import arch as A
+from ...distributed import all_reduce_mean_grads_
 from ...peft_wrappers import add_loss_term
 from ...structure import ModelGeometry, PruningPlan, apply_plan
 from ..base import PruningMethod, register_method
@@ -197,6 +198,7 @@ class ATPMethod(PruningMethod):
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             for param, grad in zip(params, grads):
                 param.grad = torch.zeros_like(param) if grad is None else grad
+            all_reduce_mean_grads_(params)  # every rank applies the same generator update
             if cfg.generator_max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.generator_max_grad_norm)
             self.optimizer.step()

@@ -30,7 +30,8 @@ from torch import nn
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ... import arch as A
-from ...peft_wrappers import add_loss_term, swapped_parameters, trainable_parameters
+from ...distributed import all_reduce_mean_grads_
+from ...peft_wrappers import add_loss_term, swapped_parameters, token_share, trainable_parameters
 from ...structure import ModelGeometry, RuntimeMasks, apply_plan
 from ..base import PruningMethod, register_method
 from .config import L0Config
@@ -235,6 +236,7 @@ class L0Pruner(PruningMethod):
     def on_optimizer_step(self, model: nn.Module, **context: Any) -> None:
         if not self._active:
             return
+        all_reduce_mean_grads_([*self.masks.parameters(), self.lambdas])  # each rank saw its own batch
         self.mask_optimizer.step()
         self.lambda_optimizer.step()
         self.masks.clamp_()
@@ -423,13 +425,12 @@ class L0Pruner(PruningMethod):
                 layer = layer_distillation(tuple(student["layers"]), teacher["layers"], gates)
                 extra = extra + cfg.distill_layer_weight * layer
                 parts["kd_layer_loss"] = float(layer.detach())
-        if kwargs.get("num_items_in_batch") is not None:
-            # The Trainer does not divide a loss normalised by num_items_in_batch by the accumulation steps.
-            extra = extra / self._grad_accumulation
         weight = cfg.resolved_task_loss_weight
         if weight != 1.0:
             parts["task_loss"] = float(output.loss.detach())
-            extra = extra + (weight - 1.0) * output.loss
+            # `add_loss_term` weights the returned term by this micro-batch's token share; the task-loss part is
+            # already normalised the Trainer's way, so undo that weighting for it.
+            extra = extra + (weight - 1.0) * output.loss / token_share(kwargs)
         self._loss_parts = parts
         return extra
 
