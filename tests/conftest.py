@@ -81,3 +81,57 @@ def smollm2():
 def input_batch(vocab_size: int = TINY_SIZES["vocab_size"], batch: int = 2, length: int = 12, seed: int = 1):
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab_size, (batch, length), generator=generator)
+
+
+# ---------------------------------------------------------------------------------------- Trainer test helpers
+@pytest.fixture(scope="module")
+def tokenizer():
+    """A word-level tokenizer over `w0` .. `w89` (ids 0-89) with pad / EOS / UNK, for tiny Trainer runs."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(90)} | {"[UNK]": 90, "[PAD]": 91, "[EOS]": 92}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", eos_token="[EOS]", unk_token="[UNK]")
+
+
+def token_rows(n: int = 16, length: int = 10, seed: int = 0):
+    """Pre-tokenised causal-LM rows (labels = input ids) for a plain `Trainer`."""
+    from datasets import Dataset
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 90, (n, length), generator=g).tolist()
+    return Dataset.from_dict({"input_ids": ids, "labels": ids, "attention_mask": [[1] * length] * n})
+
+
+def prompt_rows(n: int = 16):
+    """Prompt-completion rows of `w*` words for TRL's `SFTTrainer` (see the `tokenizer` fixture)."""
+    from datasets import Dataset
+
+    g = torch.Generator().manual_seed(0)
+
+    def words(k: int) -> str:
+        return " ".join(f"w{int(i)}" for i in torch.randint(0, 90, (k,), generator=g))
+
+    return Dataset.from_dict(
+        {"prompt": [words(6) for _ in range(n)], "completion": [" " + words(3) for _ in range(n)]}
+    )
+
+
+def training_args(tmp_path, **overrides):
+    """Small CPU `TrainingArguments` (3 steps of 4 rows, no saving, log every step) with `overrides`."""
+    from transformers import TrainingArguments
+
+    kwargs = dict(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=4,
+        max_steps=3,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        logging_steps=1,
+        disable_tqdm=True,
+    )
+    return TrainingArguments(**{**kwargs, **overrides})

@@ -6,48 +6,21 @@ import json
 
 import pytest
 import torch
-from datasets import Dataset
 from peft import LoraConfig
 from transformers import (
     AutoModelForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
-    PreTrainedTokenizerFast,
     Trainer,
-    TrainingArguments,
 )
 
 from tailored_hf import PrunerCallback, UnsupportedArchitectureError
 from tailored_hf.methods import DepGraphConfig, MagnitudeConfig
 from tailored_hf.structure import PLAN_FILENAME, PruningPlan, count_parameters
 
-from .conftest import make_tiny_model
+from .conftest import make_tiny_model, prompt_rows, token_rows, training_args
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {f"w{i}": i for i in range(90)} | {"[UNK]": 90, "[PAD]": 91, "[EOS]": 92}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", eos_token="[EOS]", unk_token="[UNK]")
-
-
-def token_rows(n: int = 16, length: int = 10) -> Dataset:
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 90, (n, length), generator=g).tolist()
-    return Dataset.from_dict({"input_ids": ids, "labels": ids, "attention_mask": [[1] * length] * n})
-
-
-def prompt_rows(n: int = 16) -> Dataset:
-    g = torch.Generator().manual_seed(0)
-    words = lambda k: " ".join(f"w{int(i)}" for i in torch.randint(0, 90, (k,), generator=g))  # noqa: E731
-    return Dataset.from_dict(
-        {"prompt": [words(6) for _ in range(n)], "completion": [" " + words(3) for _ in range(n)]}
-    )
 
 
 def method_config(name: str, target: float):
@@ -59,22 +32,6 @@ def method_config(name: str, target: float):
 
 def calibration_ids() -> torch.Tensor:
     return torch.randint(0, 90, (4, 8), generator=torch.Generator().manual_seed(1))
-
-
-def training_args(tmp_path, **overrides) -> TrainingArguments:
-    kwargs = dict(
-        output_dir=str(tmp_path / "run"),
-        per_device_train_batch_size=4,
-        max_steps=3,
-        learning_rate=1e-3,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        logging_steps=1,
-        disable_tqdm=True,
-    )
-    kwargs.update(overrides)
-    return TrainingArguments(**kwargs)
 
 
 @pytest.mark.parametrize("method", ["magnitude", "depgraph"])

@@ -35,7 +35,8 @@ from tailored_hf.structure import (
     count_parameters,
 )
 
-from ..conftest import input_batch, make_tiny_model
+from ..conftest import input_batch, make_tiny_model, token_rows
+from ..conftest import training_args as shared_training_args
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TOL = 1e-5
@@ -303,31 +304,13 @@ def test_calibration_stream_cycles_deterministically_and_rejects_empty():
 
 
 # ------------------------------------------------------------------------------------------------ trainers
-def token_rows(n: int = 16, length: int = 10, seed: int = 0) -> Dataset:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 90, (n, length), generator=g).tolist()
-    return Dataset.from_dict({"input_ids": ids, "labels": ids, "attention_mask": [[1] * length] * n})
-
-
 def calibration(n: int = 8, length: int = 12) -> torch.Tensor:
     return torch.randint(0, 90, (n, length), generator=torch.Generator().manual_seed(7))
 
 
 def training_args(tmp_path, **overrides) -> TrainingArguments:
-    kwargs = dict(
-        output_dir=str(tmp_path / "run"),
-        per_device_train_batch_size=4,
-        max_steps=6,
-        learning_rate=1e-3,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        logging_steps=1,
-        disable_tqdm=True,
-        seed=0,
-    )
-    kwargs.update(overrides)
-    return TrainingArguments(**kwargs)
+    """The shared tiny-run arguments with 6 steps (so T_end = T/2 = 3 generator steps) and a fixed seed."""
+    return shared_training_args(tmp_path, **{"max_steps": 6, "seed": 0, **overrides})
 
 
 FAST = dict(target_sparsity=0.3, generator_lr=0.05, calibration_batch_size=4, removal_eval_batches=2)

@@ -9,10 +9,9 @@ import math
 
 import pytest
 import torch
-from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
 
 from tailored_hf import PrunerCallback
 from tailored_hf import arch as A
@@ -33,7 +32,7 @@ from tailored_hf.methods.l0 import (
 from tailored_hf.peft_wrappers import swapped_parameters, trainable_parameters
 from tailored_hf.structure import ModelGeometry, PruningPlan, RuntimeMasks, apply_plan, count_parameters
 
-from ..conftest import input_batch, make_tiny_model
+from ..conftest import input_batch, make_tiny_model, prompt_rows, token_rows, training_args
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SAMPLES = 200_000
@@ -46,38 +45,6 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def token_rows(n: int = 16, length: int = 10) -> Dataset:
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 90, (n, length), generator=g).tolist()
-    return Dataset.from_dict({"input_ids": ids, "labels": ids, "attention_mask": [[1] * length] * n})
-
-
-def prompt_rows(n: int = 16) -> Dataset:
-    g = torch.Generator().manual_seed(0)
-
-    def words(k: int) -> str:
-        return " ".join(f"w{int(i)}" for i in torch.randint(0, 90, (k,), generator=g))
-
-    return Dataset.from_dict(
-        {"prompt": [words(6) for _ in range(n)], "completion": [" " + words(3) for _ in range(n)]}
-    )
-
-
-def training_args(tmp_path, **overrides) -> TrainingArguments:
-    kwargs = dict(
-        output_dir=str(tmp_path / "run"),
-        per_device_train_batch_size=4,
-        max_steps=3,
-        learning_rate=1e-3,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        logging_steps=1,
-        disable_tqdm=True,
-    )
-    return TrainingArguments(**{**kwargs, **overrides})
 
 
 def lora(model):
@@ -381,17 +348,6 @@ def test_end_to_end_sft_trainer_with_peft_config(tmp_path, tokenizer, distillati
     assert count_parameters(base) == plan.num_parameters()["pruned"]
     trainer.save_model(str(tmp_path / "final"))
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "final").num_parameters() == plan.num_parameters()["pruned"]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {f"w{i}": i for i in range(90)} | {"[UNK]": 90, "[PAD]": 91, "[EOS]": 92}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", eos_token="[EOS]", unk_token="[UNK]")
 
 
 class StopAt(TrainerCallback):
