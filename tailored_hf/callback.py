@@ -1,8 +1,9 @@
 """`PrunerCallback`: one callback that adds a pruning method to an existing `Trainer` / `SFTTrainer` script.
 
 The callback is thin: it hands Trainer events to the method, merges the method's metrics into the Trainer's
-normal logs, writes its JSON state into checkpoints (main process only) and makes `trainer.save_model()` write the
-pruned model (LoRA merged by default) with its `pruning_plan.json`.
+normal logs, writes its JSON state into checkpoints (main process only), makes `trainer.save_model()` write the
+pruned model (LoRA merged by default) with its `pruning_plan.json`, and makes `trainer.push_to_hub()` upload the
+generated tailored_hf model card and per-layer plot.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import arch as A
 from .distributed import check_same_on_all_ranks
+from .hub.trainer_card import find_calling_trainer, install_trainer_card
 from .methods.base import MethodConfig, build_method
 from .structure import PLAN_ATTRIBUTE, PLAN_FILENAME
 from .structure.io import save_pruned
@@ -60,6 +62,9 @@ class PrunerCallback(TrainerCallback):
         )
         self._check_ranks_agree()
         self._after_event(model)
+        trainer = find_calling_trainer()
+        if trainer is not None:  # `trainer.push_to_hub()` then uploads our card, not the Trainer's generic draft
+            install_trainer_card(trainer)
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         if state.global_step > 0:

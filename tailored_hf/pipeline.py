@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from .data import load_task_split, map_for_scoring, map_for_training, sample_k_shots
+from .data import get_task, load_task_split, map_for_scoring, map_for_training, sample_k_shots
 from .data.selection import select_prompt, split_dev_and_pool
 from .loading import DEFAULT_MODEL, load_model
 from .methods import METHOD_REGISTRY, MethodConfig
@@ -79,6 +79,14 @@ class PipelineConfig:
         metadata={
             "help": "Multiple-choice task scored before/after pruning (default: `task`). Needed when `task` is a "
             "generation task such as alpaca."
+        },
+    )
+    eval_split: str | None = field(
+        default=None,
+        metadata={
+            "help": "Split of the scored task to evaluate on (default: validation, else test; a task with only a "
+            "train split, such as the local CaseHOLD file, has eval_limit rows held out of it, disjoint from the "
+            "dev slice and the shots)."
         },
     )
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
@@ -154,6 +162,29 @@ def prunes_before_training(method: str) -> bool:
     """Whether `method` prunes before recovery (class attribute `prunes_at_init`, default: depgraph/magnitude)."""
     cls = METHOD_REGISTRY[method]
     return bool(getattr(cls, "prunes_at_init", method in INIT_TIME_METHODS))
+
+
+def evaluation_and_train_splits(cfg: PipelineConfig) -> tuple[Any, Any]:
+    """The scored rows (first `eval_limit` of the evaluation split) and the task's train split.
+
+    The evaluation split is `eval_split`, else the scored task's validation split, else its test split. A task whose
+    data has a train split only gets `eval_limit` rows held out of a seeded shuffle of it (at most half); when it is
+    also the training task, the dev slice and the shots come from the remaining rows only.
+    """
+    splits = get_task(cfg.scored_task).splits
+    split = cfg.eval_split or next((name for name in ("validation", "test") if name in splits), None)
+    train_split = load_task_split(cfg.task, "train", data_dir=cfg.data_dir)
+    if split is not None:
+        evaluation = load_task_split(cfg.scored_task, split, data_dir=cfg.data_dir)
+        return evaluation.select(range(min(cfg.eval_limit, len(evaluation)))), train_split
+    rows = load_task_split(cfg.scored_task, "train", data_dir=cfg.data_dir).shuffle(seed=cfg.seed)
+    held_out = min(cfg.eval_limit, len(rows) // 2)
+    logger.info(
+        "%s has no validation or test split here: scoring %d rows held out of train", cfg.scored_task, held_out
+    )
+    if cfg.scored_task == cfg.task:
+        train_split = rows.select(range(held_out, len(rows)))
+    return rows.select(range(held_out)), train_split
 
 
 def evaluate_model(model, tokenizer, cfg: PipelineConfig, validation, prompt: str = "lm_eval") -> dict[str, Any]:
@@ -285,6 +316,11 @@ def recover(
         peft_config=peft_config,
         callbacks=callbacks,
     )
+    if len(trainer.train_dataset) == 0:  # TRL drops examples whose completion was truncated away entirely
+        raise ValueError(
+            f"No training example keeps a completion token within max_length={cfg.max_length} (all {len(train)} "
+            "were dropped after truncation): raise max_length or use a shorter prompt."
+        )
     result = trainer.train(resume_from_checkpoint=resume_from)
     tuned = trainer.model
     if hasattr(tuned, "merge_and_unload"):  # evaluate and save the merged weights (same function, faster forward)
@@ -355,9 +391,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     model, tokenizer = load_model(cfg.model)
     timings["load"] = time.perf_counter() - t0
 
-    validation = load_task_split(cfg.scored_task, "validation", data_dir=cfg.data_dir)
-    validation = validation.select(range(min(cfg.eval_limit, len(validation))))
-    train_split = load_task_split(cfg.task, "train", data_dir=cfg.data_dir)
+    validation, train_split = evaluation_and_train_splits(cfg)
     dev, pool = split_dev_and_pool(train_split, dev_size=cfg.dev_size, seed=cfg.seed)
     shots = sample_k_shots(pool, cfg.k_shots, seed=cfg.seed, task=cfg.task)
     stages.update()
@@ -471,9 +505,9 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         "pruned_no_tune": pruned,
         "tuned": tuned,
         "tuned_selected_prompt": tuned_same_prompt,
-        "recovery_rate": {
-            "pruned_no_tune": pruned["acc"] / dense["acc"] if pruned else None,
-            "tuned": tuned["acc"] / dense["acc"],
+        "recovery_rate": {  # undefined (None) when the dense model scores 0
+            "pruned_no_tune": pruned["acc"] / dense["acc"] if pruned and dense["acc"] else None,
+            "tuned": tuned["acc"] / dense["acc"] if dense["acc"] else None,
         },
         "chance": chance,
         "dense_near_chance": abs(dense["acc"] - chance) <= 0.02,
@@ -508,19 +542,23 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     dense_acc = report["dense"]["acc"]
+
+    def recovery(acc: float) -> str:
+        return f"{acc / dense_acc:.3f}" if dense_acc else "-"
+
     for label, key in (("dense", "dense"), ("pruned, no tune", "pruned_no_tune"), ("pruned + task LoRA", "tuned")):
         row = report[key]
         if row is None:  # the method pruned during training: there is no pruned-but-untuned model
             lines.append(f"| {label} | - | - | - | - |")
             continue
         lines.append(
-            f"| {label} | {row['acc']:.4f} | {row['acc_norm']:.4f} | {row['acc'] / dense_acc:.3f} | {row['wikitext2_ppl']:.2f} |"
+            f"| {label} | {row['acc']:.4f} | {row['acc_norm']:.4f} | {recovery(row['acc'])} | {row['wikitext2_ppl']:.2f} |"
         )
     if report.get("tuned_selected_prompt"):
         row = report["tuned_selected_prompt"]
         lines.append(
             f"| pruned + task LoRA, scored with `{row['prompt']}` | {row['acc']:.4f} | {row['acc_norm']:.4f} | "
-            f"{row['acc'] / dense_acc:.3f} | {row['wikitext2_ppl']:.2f} |"
+            f"{recovery(row['acc'])} | {row['wikitext2_ppl']:.2f} |"
         )
     lines += ["", f"Selected prompt: `{report['prompt_selection']['selected']}`", ""]
     if report["prompt_selection"]["table"]:

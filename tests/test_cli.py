@@ -194,3 +194,49 @@ def test_run_recipe_on_real_smollm2(tmp_path):
     card = ModelCard.load(out / "model" / "README.md")
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and card.data.license == "apache-2.0"
     assert "2502.02737" in card.text and "`importance`: `l2`" in card.text
+
+
+DOMAIN_RECIPES = [
+    "atp/pubmedqa-40.yaml",
+    "atp/casehold-40.yaml",
+    "nuteprune/pubmedqa-20.yaml",
+    "nuteprune/casehold-20.yaml",
+]
+
+
+@pytest.mark.parametrize("recipe", DOMAIN_RECIPES)
+def test_domain_recipes_run_on_the_shared_data(recipe, tiny_base, shared_data_dir, tmp_path, capsys):
+    """HealthCare / legal recipes run end to end on the real domain files (tiny base model, tiny budget)."""
+    overrides = [o for o in TINY_OVERRIDES if not o.startswith("calibration_seq_len")]
+    if recipe.startswith("nuteprune"):  # completion-only loss: the answer must survive truncation (long abstracts)
+        overrides = [o for o in overrides if not o.startswith(("num_calibration_samples", "max_length"))]
+    else:  # the generator starts from "keep all" (gumbel_offset): a larger step size reaches the target in 10 steps
+        overrides = [o for o in overrides if not o.startswith("max_steps")]
+        overrides += ["calibration_seq_len=64", "max_steps=10", "generator_lr=0.05"]
+    out = tmp_path / "out"
+    argv = ["run", str(REPO_ROOT / "recipes" / recipe), "--output-dir", str(out), "--quiet"]
+    argv += _set(f"model={tiny_base}", f"data_dir={shared_data_dir}", "save_strategy=no", *overrides)
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["params"]["pruned"] < report["params"]["dense"]
+    assert report["tuned"]["n"] == 6 and report["tuned"]["task"] == report["config"]["task"]
+    assert (out / "model" / PLAN_FILENAME).is_file()
+    if recipe == "nuteprune/pubmedqa-20.yaml":
+        assert main([*argv, "--output-dir", str(tmp_path / "short"), "--set", "max_length=64"]) == 2
+        assert "No training example keeps a completion token within max_length=64" in capsys.readouterr().err
+
+
+def test_tasks_with_a_train_split_only_hold_evaluation_rows_out(shared_data_dir):
+    """CaseHOLD's local file is train only: the scored rows never reach the dev slice or the shots."""
+    from tailored_hf.pipeline import evaluation_and_train_splits
+
+    cfg = PipelineConfig(task="casehold", prompt="lm_eval", data_dir=str(shared_data_dir), eval_limit=300)
+    evaluation, train = evaluation_and_train_splits(cfg)
+    assert len(evaluation) == 300 and len(evaluation) + len(train) == 2000
+    assert not {r["citing_prompt"] for r in evaluation} & {r["citing_prompt"] for r in train}
+    assert evaluation["citing_prompt"] == evaluation_and_train_splits(cfg)[0]["citing_prompt"]  # seeded
+    cfg = PipelineConfig(task="pubmedqa", prompt="lm_eval", data_dir=str(shared_data_dir), eval_limit=50)
+    evaluation, train = evaluation_and_train_splits(cfg)  # PubMedQA: its test split, the whole train split
+    assert len(evaluation) == 50 and len(train) == 500
+    with pytest.raises(ValueError, match="no local split 'validation'"):
+        evaluation_and_train_splits(PipelineConfig(task="pubmedqa", eval_split="validation", prompt="lm_eval"))

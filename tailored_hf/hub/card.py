@@ -24,7 +24,8 @@ from .plot import PLOT_FILENAME, plot_per_layer
 logger = logging.getLogger(__name__)
 
 CARD_FILENAME = "README.md"
-TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_cards" / "tailored_model_card.md"
+#: Packaged with the wheel; in the repository a link to `model_cards/tailored_model_card.md` (the file to edit).
+TEMPLATE_PATH = Path(__file__).resolve().parent / "tailored_model_card.md"
 MARKER_BEGIN = "<!-- tailored_hf:begin {name} -->"
 MARKER_END = "<!-- tailored_hf:end {name} -->"
 SECTION_RE = re.compile(r"<!-- tailored_hf:begin (?P<name>[\w-]+) -->.*?<!-- tailored_hf:end (?P=name) -->", re.S)
@@ -243,8 +244,8 @@ def build_card(
     template_path = Path(template_path or TEMPLATE_PATH)
     if not template_path.is_file():
         raise FileNotFoundError(
-            f"Model card template {template_path} not found: it ships in the repository's model_cards/ (use an "
-            "editable install, `pip install -e .`) or pass `template_path=`."
+            f"Model card template {template_path} not found: pass `template_path=` a Jinja template (the default "
+            "ships inside the tailored_hf package as hub/tailored_model_card.md)."
         )
     plan_path = model_dir / PLAN_FILENAME
     if not plan_path.is_file():

@@ -141,8 +141,8 @@ def push_to_hub(
         output_dir_or_model: a pipeline output directory (`OUTPUT`, with `model/` and `report.json`), a directory
             written by `save_pruned` / `trainer.save_model()`, an in-memory pruned model (saved to a temporary
             directory first, LoRA merged), or a `Trainer` whose `PrunerCallback` pruned its model (saved with
-            `trainer.save_model()`, tokenizer included; use this instead of `trainer.push_to_hub()` to get the
-            tailored_hf card).
+            `trainer.save_model()`, tokenizer included; `trainer.push_to_hub()` does the same through the Trainer,
+            card included).
         repo_id: `namespace/name` on the Hub (default for a Trainer: `trainer.hub_model_id`).
         tokenizer: saved with an in-memory model.
         token: Hub token (used for the requests only; it is never written to the card, plan or logs).

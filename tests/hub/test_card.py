@@ -137,3 +137,35 @@ def test_card_warns_when_the_dense_baseline_is_below_chance(tiny_run_dir):
     assert "scores below chance" in build_card(tiny_run_dir / "model", report=report).text
     report["dense"]["acc"] = 0.9
     assert "scores below chance" not in build_card(tiny_run_dir / "model", report=report).text
+
+
+def test_template_ships_inside_the_wheel(tmp_path):
+    """A non-editable install finds the card template: the wheel holds `model_cards/`'s file under the package."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    from tailored_hf.hub.card import TEMPLATE_PATH
+
+    from ..conftest import REPO_ROOT
+
+    pytest.importorskip("setuptools")
+    source = REPO_ROOT / "model_cards" / "tailored_model_card.md"
+    assert TEMPLATE_PATH.read_bytes() == source.read_bytes()  # one template: the package's copy is a link
+    source_tree = tmp_path / "src"  # build from a copy: setuptools leaves build/ and egg-info behind
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "examples")
+    shutil.copytree(REPO_ROOT / "tailored_hf", source_tree / "tailored_hf", symlinks=True, ignore=ignore)
+    shutil.copytree(REPO_ROOT / "model_cards", source_tree / "model_cards", ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / name, source_tree / name)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), "."],
+        cwd=source_tree,
+        capture_output=True,
+        text=True,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = tmp_path.glob("tailored_hf-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read("tailored_hf/hub/tailored_model_card.md") == source.read_bytes()

@@ -22,6 +22,7 @@ from tailored_hf.structure import PLAN_FILENAME, PruningPlan, save_pruned
 
 from ..conftest import input_batch, make_tiny_model
 from .conftest import SECRET_TOKEN, pruned_tiny, run_python, tiny_tokenizer
+from .hub_server import Repo
 
 
 def _repo_text(hub, repo_id: str, path: str) -> str:
@@ -190,7 +191,14 @@ def test_cli_push(local_hub, tiny_run_dir, monkeypatch, capsys):
 
 
 def test_trainer_push_to_hub_pushes_the_pruned_model(local_hub, tmp_path):
-    """`trainer.push_to_hub()` with PrunerCallback uploads the pruned weights and the plan (fresh process)."""
+    """`trainer.push_to_hub()` with PrunerCallback uploads the pruned weights, the plan and our card (fresh process).
+
+    The repository already holds a card a user edited: the push keeps the user's text and replaces only our sections.
+    """
+    user_card = "---\nlanguage:\n- en\n---\n\nNotes the user wrote on the Hub.\n"
+    local_hub.state.repos["org/trained"] = Repo(
+        "org/trained", files={"README.md": user_card.encode()}, commits=["1" * 40]
+    )
     code = textwrap.dedent(
         f"""
         import json, sys, torch
@@ -225,6 +233,12 @@ def test_trainer_push_to_hub_pushes_the_pruned_model(local_hub, tmp_path):
     assert config["intermediate_size"] < 64  # pruned weights, not the dense original
     assert config["intermediate_size"] == json.loads(result.stdout.strip().splitlines()[-1])["intermediate"]
     assert not any(name.startswith("checkpoint-") for name in files)
+    card = ModelCard(files["README.md"].decode())
+    assert len(SECTION_RE.findall(card.text)) == 6  # the tailored_hf card, not the Trainer's generic draft
+    assert "Notes the user wrote on the Hub." in card.text
+    assert card.data.to_dict()["language"] == ["en"]
+    assert {"tailored_hf", "pruned", "magnitude"} <= set(card.data.tags)
+    assert "per_layer_sizes.png" in files
 
 
 def test_pulled_model_is_stock_loadable(local_hub, pruned_dir, tmp_path):
