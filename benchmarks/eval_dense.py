@@ -17,6 +17,7 @@ import torch
 
 from tailored_hf.data import get_task
 from tailored_hf.eval import COMMONSENSE_TASKS, evaluate_tasks, llm_pruner_perplexity
+from tailored_hf.eval.multiple_choice import DEFAULT_MAX_BATCH_TOKENS
 from tailored_hf.loading import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +31,10 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
     parser.add_argument("--limit", type=int, default=300, help="items per task (validation)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="packed rows per forward (cap)")
+    parser.add_argument(
+        "--batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS, help="padded tokens per forward (0 = no cap)"
+    )
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--max-windows", type=int, default=256, help="cap on perplexity windows per dataset (0 = all)")
     parser.add_argument("--tasks", default=",".join(COMMONSENSE_TASKS))
@@ -42,7 +46,15 @@ def main() -> None:
     load_s = time.perf_counter() - start
     tasks = [t for t in args.tasks.split(",") if t]
     mc_start = time.perf_counter()
-    mc = evaluate_tasks(model, tokenizer, tasks, data_dir=args.data_dir, limit=args.limit, batch_size=args.batch_size)
+    mc = evaluate_tasks(
+        model,
+        tokenizer,
+        tasks,
+        data_dir=args.data_dir,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        max_batch_tokens=args.batch_tokens or None,
+    )
     mc_s = time.perf_counter() - mc_start
     ppl = {}
     for name in ("wikitext2", "ptb"):
@@ -63,6 +75,8 @@ def main() -> None:
         "split": "validation",
         "prompt": "lm_eval (zero-shot)",
         "torch_threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+        "max_batch_tokens": args.batch_tokens or None,
         "machine": platform.processor() or platform.machine(),
         "load_seconds": load_s,
         "multiple_choice_seconds": mc_s,
@@ -98,7 +112,13 @@ def main() -> None:
     ]
     for name, r in ppl.items():
         lines.append(f"| {name} | {r['perplexity']:.2f} | {r['n_windows']} | {r['n_tokens']} | {r['seconds']:.1f} |")
-    lines += ["", f"{torch.get_num_threads()} torch threads; model load {load_s:.1f}s."]
+    budget = f"{args.batch_tokens} padded tokens" if args.batch_tokens else "no token cap"
+    lines += [
+        "",
+        f"{torch.get_num_threads()} torch threads; model load {load_s:.1f}s; packed scoring, at most "
+        f"{args.batch_size} rows and {budget} per forward. Reproduce: `.venv/bin/python benchmarks/eval_dense.py "
+        f"--limit {args.limit}`.",
+    ]
     md = "\n".join(lines) + "\n"
     out.with_suffix(".md").write_text(md)
     print(md)

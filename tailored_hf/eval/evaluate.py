@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .multiple_choice import score_multiple_choice
+from .multiple_choice import DEFAULT_MAX_BATCH_TOKENS, score_multiple_choice
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ def evaluate_tasks(
     prompt: str = "lm_eval",
     batch_size: int = 32,
     packed: bool = True,
+    max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
 ) -> dict[str, dict[str, Any]]:
     """
     Zero-shot multiple-choice evaluation through `tailored_hf.data` (loader + scoring mapper) and
@@ -53,6 +54,7 @@ def evaluate_tasks(
         prompt (`str`): Prompt variant of `tailored_hf.data.map_for_scoring` (`"lm_eval"` = lm-eval's templates).
         batch_size (`int`): Sequences per forward pass.
         packed (`bool`): Share each item's context across its choices (faster; equal up to float noise).
+        max_batch_tokens (`int`, *optional*): With `packed`, cap on padded tokens per forward (`None`: no cap).
 
     Returns:
         `dict[str, dict]`: task -> `{"acc", "acc_norm", "acc_stderr", "acc_norm_stderr", "primary", "primary_metric",
@@ -72,7 +74,9 @@ def evaluate_tasks(
         if limit is not None:
             dataset = dataset.select(range(min(limit, len(dataset))))
         items = map_for_scoring(dataset, task, prompt=prompt)
-        scored = score_multiple_choice(model, tokenizer, items, batch_size=batch_size, packed=packed)
+        scored = score_multiple_choice(
+            model, tokenizer, items, batch_size=batch_size, packed=packed, max_batch_tokens=max_batch_tokens
+        )
         metric = PRIMARY_METRIC.get(task, DEFAULT_PRIMARY_METRIC)
         entry: dict[str, Any] = scored.to_dict()
         entry.update(primary=entry[metric], primary_metric=metric, seconds=time.perf_counter() - start)

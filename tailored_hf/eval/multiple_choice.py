@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 #: lm-eval's `HFLM._DEFAULT_MAX_LENGTH`, used when neither config nor tokenizer names a context length.
 DEFAULT_MAX_LENGTH = 2048
+#: Padded tokens per packed forward. Measured on SmolLM2-135M, 2 CPU cores, BoolQ: 4 rows (~600 tokens) per forward
+#: run 3.6x faster than 32 rows; see `benchmarks/eval_dense.py --batch-tokens`.
+DEFAULT_MAX_BATCH_TOKENS = 1024
 #: Tokenizers without a length limit report this sentinel as `model_max_length` (transformers' VERY_LARGE_INTEGER).
 TOKENIZER_INFINITY = int(1e30)
 #: Config attributes holding a context length, in lm-eval's lookup order.
@@ -355,11 +358,27 @@ def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
     return n
 
 
+def token_budget_chunks(lengths: Sequence[int], batch_size: int, max_batch_tokens: int | None) -> list[slice]:
+    """Consecutive slices of rows sorted by decreasing length: at most `batch_size` rows, and (beyond the first row)
+    at most `max_batch_tokens` padded tokens, i.e. `rows x longest row`."""
+    chunks, start = [], 0
+    while start < len(lengths):
+        end, width = start + 1, lengths[start]
+        while end < len(lengths) and end - start < batch_size:
+            if max_batch_tokens is not None and (end - start + 1) * width > max_batch_tokens:
+                break
+            end += 1
+        chunks.append(slice(start, end))
+        start = end
+    return chunks
+
+
 def packed_loglikelihood_tokens(
     model,
     groups: Sequence[Sequence[tuple[Sequence[int], Sequence[int]]]],
     batch_size: int = 32,
     max_length: int = DEFAULT_MAX_LENGTH,
+    max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
 ) -> list[list[float]]:
     """
     Like [`loglikelihood_tokens`] but runs each group of requests (the choices of one item) as ONE packed sequence:
@@ -368,7 +387,9 @@ def packed_loglikelihood_tokens(
     same tokens at the same positions attend to the same keys); numerically equal up to float summation order
     (~1e-5 in log-likelihood). Saves re-encoding the context once per choice, which dominates multiple-choice cost.
 
-    Groups whose packed length would exceed `max_length` fall back to [`loglikelihood_tokens`].
+    Groups whose packed length would exceed `max_length` fall back to [`loglikelihood_tokens`]. Batches hold at most
+    `batch_size` packed rows and `max_batch_tokens` padded tokens: the 4D mask and attention scores grow with
+    rows x width^2, and on CPU a few long rows per forward are faster than many (see `benchmarks/eval_dense.py`).
 
     Returns:
         `list[list[float]]`: Per group, one log-likelihood per request.
@@ -412,8 +433,8 @@ def packed_loglikelihood_tokens(
     attn_impl = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
     rows.sort(key=lambda r: -len(r[1]))
     with torch.inference_mode():
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
+        for span in token_budget_chunks([len(r[1]) for r in rows], batch_size, max_batch_tokens):
+            chunk = rows[span]
             width = max(len(r[1]) for r in chunk)
             ids = torch.zeros((len(chunk), width), dtype=torch.long)
             pos = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -483,6 +504,7 @@ def score_multiple_choice(
     max_length: int | None = None,
     add_bos_token: bool | None = None,
     packed: bool = False,
+    max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
 ) -> MultipleChoiceResult:
     """
     Score multiple-choice items with lm-evaluation-harness's `acc` and `acc_norm`.
@@ -499,6 +521,7 @@ def score_multiple_choice(
         packed (`bool`): Score all choices of an item in one packed sequence sharing the context (see
             [`packed_loglikelihood_tokens`]): about twice as fast on 4-way tasks, equal to the default path up to float
             noise. The default (`False`) batches separate `(context, continuation)` sequences exactly like lm-eval.
+        max_batch_tokens (`int`, *optional*): With `packed`, cap on padded tokens per forward (`None`: no cap).
 
     Returns:
         [`MultipleChoiceResult`]
@@ -513,7 +536,8 @@ def score_multiple_choice(
         for contexts, continuations, _, _ in parsed
     ]
     if packed:
-        lls = [ll for group in packed_loglikelihood_tokens(model, groups, batch_size, max_length) for ll in group]
+        packed_lls = packed_loglikelihood_tokens(model, groups, batch_size, max_length, max_batch_tokens)
+        lls = [ll for group in packed_lls for ll in group]
     else:
         requests = [req for group in groups for req in group]
         lls = loglikelihood_tokens(model, requests, batch_size=batch_size, max_length=max_length)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tailored_hf.eval import encode_pair, loglikelihood_tokens, score_multiple_choice
-from tailored_hf.eval.multiple_choice import choice_strings, mean_stderr
+from tailored_hf.eval.multiple_choice import choice_strings, mean_stderr, token_budget_chunks
 
 ITEMS = [
     {
@@ -60,6 +60,23 @@ def test_loglikelihoods_match_unbatched_reference(tiny_model, tiny_tokenizer):
 def test_batching_invariance(tiny_model, tiny_tokenizer, packed):
     a = score_multiple_choice(tiny_model, tiny_tokenizer, ITEMS, batch_size=1, packed=packed)
     b = score_multiple_choice(tiny_model, tiny_tokenizer, ITEMS, batch_size=16, packed=packed)
+    for x, y in zip(a.items, b.items):
+        assert x.loglikelihoods == pytest.approx(y.loglikelihoods, abs=1e-5)
+
+
+def test_token_budget_chunks():
+    lengths = [300, 250, 240, 100, 90, 10, 10, 10]
+    spans = token_budget_chunks(lengths, batch_size=4, max_batch_tokens=600)
+    assert [(s.start, s.stop) for s in spans] == [(0, 2), (2, 4), (4, 8)]  # rows x first (longest) row <= 600
+    assert [(s.start, s.stop) for s in token_budget_chunks([900, 5], 4, 600)] == [(0, 1), (1, 2)]  # over budget alone
+    assert len(token_budget_chunks(lengths, batch_size=3, max_batch_tokens=None)) == 3
+    assert token_budget_chunks([], 4, 600) == []
+
+
+@pytest.mark.parametrize("budget", [1, 20, None])
+def test_token_budget_does_not_change_scores(tiny_model, tiny_tokenizer, budget):
+    a = score_multiple_choice(tiny_model, tiny_tokenizer, ITEMS, packed=True, max_batch_tokens=budget)
+    b = score_multiple_choice(tiny_model, tiny_tokenizer, ITEMS, batch_size=1, packed=True)
     for x, y in zip(a.items, b.items):
         assert x.loglikelihoods == pytest.approx(y.loglikelihoods, abs=1e-5)
 
