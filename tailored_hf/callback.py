@@ -21,7 +21,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import arch as A
-from .distributed import check_same_on_all_ranks
+from .distributed import check_same_on_all_ranks, sharded_parameter_kind
 from .hub.trainer_card import find_calling_trainer, install_trainer_card
 from .methods.base import MethodConfig, build_method
 from .structure import PLAN_ATTRIBUTE, PLAN_FILENAME
@@ -67,6 +67,7 @@ class PrunerCallback(TrainerCallback):
             install_trainer_card(trainer)
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self.check_unsharded(kwargs["model"])
         if state.global_step > 0:
             self._restore(args, state)
         self.method.on_train_begin(kwargs["model"], args=args, state=state, optimizer=kwargs.get("optimizer"))
@@ -116,6 +117,20 @@ class PrunerCallback(TrainerCallback):
                 os.replace(tmp, checkpoint / TENSOR_STATE_FILENAME)
 
     # ------------------------------------------------------------------------------------------------ helpers
+    def check_unsharded(self, model: nn.Module) -> None:
+        """Methods that prune during training need whole parameters on every rank: refuse FSDP / ZeRO-3 clearly.
+
+        Methods that prune at `on_init_end` (depgraph, magnitude) are done before any wrapper shards the model, so
+        they train under FSDP / ZeRO-3 like any other model.
+        """
+        kind = sharded_parameter_kind(model)
+        if kind is not None and self.method.plan is None:
+            raise ValueError(
+                f"{type(self.method).__name__} prunes during training and needs unsharded parameters, but this model "
+                f"is sharded by {kind}. Run it under DDP (`accelerate launch --multi_gpu`), or prune with a method "
+                "that prunes before training (depgraph, magnitude) and then train under FSDP / ZeRO-3."
+            )
+
     def _after_event(self, model: nn.Module) -> None:
         fresh = {k: v for k, v in self.method.metrics.items() if self._logged.get(k) != v}
         self._pending_logs.update(fresh)

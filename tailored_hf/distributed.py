@@ -83,3 +83,22 @@ def all_reduce_mean_grads_(params) -> None:
             param.grad = torch.zeros_like(param)
         all_reduce_sum_(param.grad)
         param.grad.div_(world_size)
+
+
+def sharded_parameter_kind(model: torch.nn.Module) -> str | None:
+    """Which sharding wrapper owns the model's parameters: "FSDP2", "FSDP1", "DeepSpeed ZeRO-3", or `None`.
+
+    Methods that prune during training slice parameters in place and hook full-size activations; they need every
+    parameter whole on every rank (DDP), so `PrunerCallback` refuses them on sharded models.
+    """
+    for module in model.modules():
+        if type(module).__name__ == "FullyShardedDataParallel":
+            return "FSDP1"
+    for param in model.parameters():
+        if type(param).__name__ == "FlatParameter":
+            return "FSDP1"
+        if type(param).__name__ == "DTensor" or type(getattr(param, "data", None)).__name__ == "DTensor":
+            return "FSDP2"
+        if hasattr(param, "ds_id"):
+            return "DeepSpeed ZeRO-3"
+    return None

@@ -1,0 +1,56 @@
+"""FSDP2 on CPU: a model pruned before training shards with `fully_shard`, trains, gathers and saves pruned.
+
+The Trainer enables FSDP only on accelerators (accelerate maps `use_cpu` multi-process runs to plain DDP), so this
+drives `torch.distributed.fsdp.fully_shard` directly under `torchrun` with gloo: the same sharding the Trainer applies
+on GPUs. Methods that prune during training are refused on sharded models with a clear message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import tailored_hf  # noqa: F401  (tailored_llama Auto classes for the per-layer pruned model)
+from tailored_hf.structure import PLAN_FILENAME
+
+SCRIPT = Path(__file__).with_name("fsdp_script.py")
+ROOT = Path(__file__).resolve().parents[2]
+#: FSDP averages two per-rank mean losses where the single process takes one mean: equal up to summation order.
+WEIGHT_RTOL = 1e-4
+
+
+def run(cmd: list[str], cwd: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+@pytest.mark.slow
+def test_pruned_model_trains_under_fsdp2_and_saves_gathered(tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    fsdp, single = tmp_path / "fsdp", tmp_path / "single"
+    fsdp.mkdir()
+    single.mkdir()
+    run([str(torchrun), "--nproc_per_node", "2", str(SCRIPT), str(fsdp), "fsdp"], tmp_path)
+    run([sys.executable, str(SCRIPT), str(single), "single"], tmp_path)
+
+    ranks = [json.loads((fsdp / f"rank{r}.json").read_text()) for r in (0, 1)]
+    reference = json.loads((single / "rank0.json").read_text())
+    assert ranks[0]["plan"] == ranks[1]["plan"] == reference["plan"]  # sharded importance, same plan
+    assert all(r["sharding"] == "FSDP2" and r["world_size"] == 2 for r in ranks)
+    assert "needs unsharded parameters" in ranks[0]["refusal"] and "depgraph" in ranks[0]["refusal"]
+    assert (fsdp / "model" / PLAN_FILENAME).is_file()
+
+    sharded_model = AutoModelForCausalLM.from_pretrained(fsdp / "model")
+    single_model = AutoModelForCausalLM.from_pretrained(single / "model")
+    sharded_state, single_state = sharded_model.state_dict(), single_model.state_dict()
+    assert sharded_state.keys() == single_state.keys()
+    for name, tensor in single_state.items():
+        torch.testing.assert_close(sharded_state[name], tensor, rtol=WEIGHT_RTOL, atol=1e-6, msg=name)
