@@ -31,7 +31,7 @@ def run(cmd: list[str], tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-4000:]
 
 
-@pytest.mark.slow
+@pytest.mark.distributed
 @pytest.mark.parametrize("method", ["depgraph", "magnitude", "l0", "atp"])
 def test_two_processes_agree_and_match_single_process(tmp_path, method):
     accelerate = Path(sys.executable).with_name("accelerate")

@@ -32,7 +32,7 @@ def run(cmd: list[str], cwd: Path) -> None:
     assert result.returncode == 0, result.stderr[-4000:]
 
 
-@pytest.mark.slow
+@pytest.mark.distributed
 def test_pruned_model_trains_under_fsdp2_and_saves_gathered(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     fsdp, single = tmp_path / "fsdp", tmp_path / "single"

@@ -28,7 +28,7 @@ def run(args: list[str], expect_kill: bool = False) -> None:
         assert result.returncode == 0, result.stderr[-3000:]
 
 
-@pytest.mark.slow
+@pytest.mark.distributed
 @pytest.mark.parametrize("method", ["depgraph", "magnitude", "l0", "atp"])
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, method):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
