@@ -177,3 +177,21 @@ def test_metrics_set_at_train_end_reach_the_log_history(tmp_path):
     trainer.train()
     last = trainer.state.log_history[-1]
     assert last["pruning/removal_loss_delta"] == 0.125 and last["step"] == trainer.state.global_step
+
+
+def test_training_time_methods_refuse_sharded_parameters():
+    """ZeRO-3 parameters (`ds_id`) and FSDP1 flat parameters are detected; init-time plans are not refused."""
+    from tailored_hf.distributed import sharded_parameter_kind
+    from tailored_hf.methods import L0Config
+    from tailored_hf.structure.simple import magnitude_plan
+
+    model = make_tiny_model("llama", num_hidden_layers=2)
+    assert sharded_parameter_kind(model) is None
+    PrunerCallback(L0Config(target_sparsity=0.3)).check_unsharded(model)  # whole parameters: fine
+    model.model.embed_tokens.weight.ds_id = 0  # what DeepSpeed ZeRO-3 attaches to partitioned parameters
+    assert sharded_parameter_kind(model) == "DeepSpeed ZeRO-3"
+    with pytest.raises(ValueError, match="sharded by DeepSpeed ZeRO-3.*DDP"):
+        PrunerCallback(L0Config(target_sparsity=0.3)).check_unsharded(model)
+    pruned_at_init = PrunerCallback(MagnitudeConfig(target_sparsity=0.3))
+    pruned_at_init.method.plan = magnitude_plan(model, 0.3)
+    pruned_at_init.check_unsharded(model)  # already pruned before the wrapper: trains sharded like any model
