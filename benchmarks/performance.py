@@ -1,0 +1,324 @@
+"""Performance of the dependency-group pass and of pruned models vs their physical limits (SmolLM2-135M, this CPU).
+
+Measured side by side in one run, seeds fixed:
+
+1. Importance pass (Taylor, 20 x 128-token book calibration, batch 1): wall time and peak-memory increase over the
+   loaded model, each in its own subprocess (peak RSS is a process-wide high-water mark), for
+   * `plain`: one ordinary forward + backward per sample (gradients kept in `.grad` for the step, then dropped),
+   * `floor`: forward + backward with every gradient freed as it arrives (no scoring): the memory floor,
+   * `ours`: `tailored_hf.prune` (importance with post-accumulate-grad hooks + grouping + plan + slicing),
+   * `naive`: LLM-Pruner's way, full-model gradients accumulated in `.grad` over all samples, then |g * w|.
+   Targets (issue 9): ours <= 1.2x plain time, ours <= 1.3x the floor's memory increase.
+2. Inference of pruned models at 20% / 50%, uniform (every layer pruned alike: a stock `LlamaConfig`) and
+   heterogeneous (global ranking: a `tailored_llama` model): prefill tokens/s (1 x 512 tokens) and greedy decode
+   tokens/s (64 new tokens after 32, KV cache), speed-up over dense as a fraction of the ideal (the parameter ratio),
+   forward hooks on the saved-and-reloaded model (must be 0: no masks), and throughput per parameter of the
+   heterogeneous vs the uniform model at the same ratio.
+   A third layout rounds every kept count to a multiple of 32 (`round_to=32`) for matmul-friendly shapes.
+3. Checkpoint size on disk vs parameters x 4 bytes.
+
+    .venv/bin/python benchmarks/performance.py     # about 5 minutes on 2 quiet cores
+
+Writes `benchmarks/results/performance.{json,md}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results" / "performance"
+IMPORTANCE_VARIANTS = ("plain", "floor", "ours", "naive")
+TARGET_TIME_RATIO = 1.2
+TARGET_MEMORY_RATIO = 1.3
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    parser.add_argument("--samples", type=int, default=20, help="calibration samples (Tailored-LLaMA: 20)")
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.5])
+    parser.add_argument("--prefill-tokens", type=int, default=512)
+    parser.add_argument("--decode-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds (the best is kept)")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the importance workers")
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--importance-worker", choices=IMPORTANCE_VARIANTS, help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def load(args: argparse.Namespace):
+    from tailored_hf.data import calibration_batches
+    from tailored_hf.loading import load_model
+
+    model, tokenizer = load_model(args.model)
+    calibration = calibration_batches(
+        tokenizer, source="book", n_samples=args.samples, seq_len=args.seq_len, seed=0, data_dir=args.data_dir
+    )
+    return model, tokenizer, calibration
+
+
+# ------------------------------------------------------------------------------------------------ importance
+def importance_worker(args: argparse.Namespace) -> None:
+    """One variant in a fresh process; prints a JSON line with seconds and the peak-RSS increase."""
+    from tailored_hf.methods.depgraph import DepGraphConfig, prune
+
+    torch.manual_seed(0)
+    model, _, calibration = load(args)
+    model.eval()
+    base = peak_rss_mib()
+    variant = args.importance_worker
+    start = time.perf_counter()
+    if variant == "ours":
+        config = DepGraphConfig(target_sparsity=0.2, num_calibration_samples=args.samples)
+        prune(model, config, calibration=calibration)
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
+        handles = []
+        if variant == "floor":
+            handles = [p.register_post_accumulate_grad_hook(lambda p: setattr(p, "grad", None)) for p in params]
+        for ids in calibration.split(1):
+            model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+            if variant == "plain":
+                model.zero_grad(set_to_none=True)
+        if variant == "naive":
+            with torch.no_grad():
+                scores = [(p.grad * p).abs() for p in params]  # LLM-Pruner: element scores from the full gradients
+            del scores
+        for handle in handles:
+            handle.remove()
+    seconds = time.perf_counter() - start
+    print(json.dumps({"variant": variant, "seconds": seconds, "peak_increase_mib": peak_rss_mib() - base}))
+
+
+def measure_importance(args: argparse.Namespace) -> dict[str, Any]:
+    """Every variant `args.rounds` times, interleaved (this machine's speed drifts): fastest time, largest memory."""
+    results: dict[str, Any] = {}
+    for _ in range(args.rounds):
+        for variant in IMPORTANCE_VARIANTS:
+            command = [sys.executable, __file__, "--importance-worker", variant, "--model", args.model]
+            command += ["--data-dir", args.data_dir, "--samples", str(args.samples), "--seq-len", str(args.seq_len)]
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"importance worker {variant} failed:\n{done.stderr[-3000:]}")
+            run = json.loads(done.stdout.strip().splitlines()[-1])
+            best = results.setdefault(variant, {"variant": variant, "seconds": float("inf"), "peak_increase_mib": 0})
+            best["seconds"] = min(best["seconds"], run["seconds"])
+            best["peak_increase_mib"] = max(best["peak_increase_mib"], run["peak_increase_mib"])
+    plain, floor, ours = results["plain"], results["floor"], results["ours"]
+    results["ratios"] = {
+        "ours_time_vs_plain": ours["seconds"] / plain["seconds"],
+        "ours_memory_vs_floor": ours["peak_increase_mib"] / floor["peak_increase_mib"],
+        "naive_memory_vs_floor": results["naive"]["peak_increase_mib"] / floor["peak_increase_mib"],
+    }
+    return results
+
+
+# ------------------------------------------------------------------------------------------------ inference
+def best_of(repeats: int, fn) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def speed_once(model, args: argparse.Namespace) -> dict[str, float]:
+    """One prefill and one greedy decode timing (after a full-size warm-up on the first call)."""
+    generator = torch.Generator().manual_seed(0)
+    prefill_ids = torch.randint(100, model.config.vocab_size, (1, args.prefill_tokens), generator=generator)
+    prompt = prefill_ids[:, :32]
+    decode_kwargs = dict(
+        max_new_tokens=args.decode_tokens, min_new_tokens=args.decode_tokens, do_sample=False, pad_token_id=0
+    )
+    with torch.inference_mode():
+        if not getattr(model, "_warmed_up", False):
+            model(input_ids=prefill_ids, use_cache=False)  # allocator, kernels
+            model.generate(prompt, **decode_kwargs)
+            model._warmed_up = True
+        prefill = best_of(1, lambda: model(input_ids=prefill_ids, use_cache=False))
+        decode = best_of(1, lambda: model.generate(prompt, **decode_kwargs))
+    return {"prefill_tok_s": args.prefill_tokens / prefill, "decode_tok_s": args.decode_tokens / decode}
+
+
+def measure_inference(args: argparse.Namespace) -> dict[str, Any]:
+    from transformers import AutoModelForCausalLM
+
+    from tailored_hf.methods.depgraph import DepGraphConfig, prune
+    from tailored_hf.structure import count_parameters, save_pruned
+
+    torch.manual_seed(0)
+    dense, _, calibration = load(args)
+    layers = dense.config.num_hidden_layers
+    models = {"dense": dense.eval()}
+    rows: dict[str, dict[str, Any]] = {"dense": {"params": count_parameters(dense)}}
+    with tempfile.TemporaryDirectory(prefix="tailored_hf-perf-") as tmp:
+        dense_dir = Path(tmp) / "dense"
+        dense.save_pretrained(dense_dir)
+        rows["dense"]["checkpoint_bytes"] = (dense_dir / "model.safetensors").stat().st_size
+        for ratio in args.ratios:
+            for layout, kwargs in (
+                ("uniform", {"layer_range": (0, layers)}),
+                ("heterogeneous", {"global_ranking": True}),
+                ("heterogeneous, round_to 32", {"global_ranking": True, "round_to": 32}),
+            ):
+                model = copy.deepcopy(dense)
+                prune(model, DepGraphConfig(target_sparsity=ratio, **kwargs), calibration=calibration)
+                out = Path(tmp) / f"{layout.replace(', ', '-').replace(' ', '')}-{ratio}"
+                save_pruned(model, out)
+                del model
+                name = f"{layout} {ratio:.0%}"
+                models[name] = AutoModelForCausalLM.from_pretrained(out).eval()  # what users load: no masks
+                rows[name] = {
+                    "params": count_parameters(models[name]),
+                    "model_type": models[name].config.model_type,
+                    "forward_hooks": sum(
+                        len(m._forward_hooks) + len(m._forward_pre_hooks) for m in models[name].modules()
+                    ),
+                    "checkpoint_bytes": (out / "model.safetensors").stat().st_size,
+                }
+    for _ in range(args.repeats):  # round-robin, so that drifts in machine speed hit every model alike
+        for name, model in models.items():
+            timing = speed_once(model, args)
+            for key, value in timing.items():
+                rows[name][key] = max(rows[name].get(key, 0.0), value)
+    base = rows["dense"]
+    for row in rows.values():
+        ideal = base["params"] / row["params"]
+        row["ideal_speedup"] = ideal
+        for kind in ("prefill", "decode"):
+            speedup = row[f"{kind}_tok_s"] / base[f"{kind}_tok_s"]
+            row[f"{kind}_speedup"] = speedup
+            row[f"{kind}_fraction_of_ideal"] = (speedup - 1) / (ideal - 1) if ideal > 1 else None
+        row["bytes_per_param"] = row["checkpoint_bytes"] / row["params"]
+    for ratio in args.ratios:
+        uniform = rows[f"uniform {ratio:.0%}"]
+        for hetero in (rows[f"heterogeneous {ratio:.0%}"], rows[f"heterogeneous, round_to 32 {ratio:.0%}"]):
+            for kind in ("prefill", "decode"):  # tokens/s x params: throughput per unit of work
+                hetero[f"{kind}_per_param_vs_uniform"] = (hetero[f"{kind}_tok_s"] * hetero["params"]) / (
+                    uniform[f"{kind}_tok_s"] * uniform["params"]
+                )
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ report
+def render(report: dict[str, Any]) -> str:
+    imp = report["importance"]
+    ratios = imp["ratios"]
+    lines = [
+        f"# Performance: {report['model']} on {report['environment']['cores']} CPU cores",
+        "",
+        f"## Importance pass ({report['samples']} x {report['seq_len']} calibration tokens, batch 1; fastest of "
+        f"{report['rounds']} interleaved runs per variant, each in a fresh process)",
+        "",
+        "| variant | seconds | peak memory increase (MiB) |",
+        "|---|---|---|",
+    ]
+    labels = {
+        "plain": "plain forward + backward (grads dropped per sample)",
+        "floor": "forward + backward, grads freed on arrival (memory floor)",
+        "ours": "tailored_hf.prune (importance + plan + slicing)",
+        "naive": "naive: full-model grads kept, then abs(g * w) (LLM-Pruner)",
+    }
+    for variant in IMPORTANCE_VARIANTS:
+        row = imp[variant]
+        lines.append(f"| {labels[variant]} | {row['seconds']:.1f} | {row['peak_increase_mib']:.0f} |")
+    t, m = ratios["ours_time_vs_plain"], ratios["ours_memory_vs_floor"]
+    lines += [
+        "",
+        f"- time: ours / plain = {t:.2f} (target <= {TARGET_TIME_RATIO}: "
+        f"{'met' if t <= TARGET_TIME_RATIO else 'missed'}; ours includes grouping, plan and slicing)",
+        f"- memory: ours / floor = {m:.2f} (target <= {TARGET_MEMORY_RATIO}: "
+        f"{'met' if m <= TARGET_MEMORY_RATIO else 'missed'}); naive / floor = {ratios['naive_memory_vs_floor']:.2f}",
+        "",
+        f"## Inference (prefill 1 x {report['prefill_tokens']} tokens; greedy decode of {report['decode_tokens']} "
+        "tokens after 32, KV cache; best of "
+        f"{report['repeats']} interleaved rounds)",
+        "",
+        "| model | params | type | hooks | prefill tok/s | decode tok/s | ideal speed-up | prefill: share of ideal "
+        "| decode: share of ideal | checkpoint MiB | bytes/param |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in report["inference"].items():
+        share = lambda v: "—" if v is None else f"{100 * v:.0f}%"  # noqa: E731
+        lines.append(
+            f"| {name} | {row['params']:,} | {row.get('model_type', 'llama')} | {row.get('forward_hooks', 0)} "
+            f"| {row['prefill_tok_s']:.0f} | {row['decode_tok_s']:.1f} | {row['ideal_speedup']:.2f}x "
+            f"| {share(row['prefill_fraction_of_ideal'])} | {share(row['decode_fraction_of_ideal'])} "
+            f"| {row['checkpoint_bytes'] / 2**20:.1f} | {row['bytes_per_param']:.3f} |"
+        )
+    lines += [
+        "",
+        "Heterogeneous vs uniform at the same ratio, throughput per parameter (1.00 = same speed per FLOP):",
+        "",
+    ]
+    for name, row in report["inference"].items():
+        if "prefill_per_param_vs_uniform" in row:
+            lines.append(
+                f"- {name}: prefill {row['prefill_per_param_vs_uniform']:.2f}, "
+                f"decode {row['decode_per_param_vs_uniform']:.2f}"
+            )
+    lines += [
+        "",
+        "Share of ideal = (speed-up - 1) / (parameter ratio - 1): 100% means the time saved is proportional to the "
+        "parameters removed; the LM head (tied to the embedding, never pruned here) is inside the parameter ratio.",
+        "",
+        f"Reproduce: `.venv/bin/python benchmarks/performance.py`. torch {report['environment']['torch']}, "
+        f"{report['environment']['threads']} threads.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    args = parse_args()
+    if args.importance_worker:
+        importance_worker(args)
+        return
+    report = {
+        "model": args.model,
+        "samples": args.samples,
+        "seq_len": args.seq_len,
+        "prefill_tokens": args.prefill_tokens,
+        "decode_tokens": args.decode_tokens,
+        "repeats": args.repeats,
+        "rounds": args.rounds,
+        "importance": measure_importance(args),
+        "inference": measure_inference(args),
+        "environment": {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cores": os.cpu_count(),
+            "machine": platform.machine(),
+        },
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    markdown = render(report)
+    out.with_suffix(".md").write_text(markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
