@@ -97,7 +97,7 @@ def sharded_parameter_kind(model: torch.nn.Module) -> str | None:
     for param in model.parameters():
         if type(param).__name__ == "FlatParameter":
             return "FSDP1"
-        if type(param).__name__ == "DTensor" or type(getattr(param, "data", None)).__name__ == "DTensor":
+        if type(param).__name__ == "DTensor":  # FSDP2 parameters are DTensors
             return "FSDP2"
         if hasattr(param, "ds_id"):
             return "DeepSpeed ZeRO-3"

@@ -124,8 +124,6 @@ class PipelineConfig:
                 "pipeline's name for per_device_train_batch_size)."
             )
         self.method_config()  # validates method_kwargs early
-        from .data import get_task
-
         if self.prompt is None and get_task(self.task).kind == "generation":
             raise ValueError(
                 f"Task {self.task!r} is a generation task, so no prompt can be selected by scoring it: set `prompt` "
@@ -173,10 +171,10 @@ def evaluation_and_train_splits(cfg: PipelineConfig) -> tuple[Any, Any]:
     """
     splits = get_task(cfg.scored_task).splits
     split = cfg.eval_split or next((name for name in ("validation", "test") if name in splits), None)
-    train_split = load_task_split(cfg.task, "train", data_dir=cfg.data_dir)
     if split is not None:
         evaluation = load_task_split(cfg.scored_task, split, data_dir=cfg.data_dir)
-        return evaluation.select(range(min(cfg.eval_limit, len(evaluation)))), train_split
+        evaluation = evaluation.select(range(min(cfg.eval_limit, len(evaluation))))
+        return evaluation, load_task_split(cfg.task, "train", data_dir=cfg.data_dir)
     rows = load_task_split(cfg.scored_task, "train", data_dir=cfg.data_dir).shuffle(seed=cfg.seed)
     held_out = min(cfg.eval_limit, len(rows) // 2)
     logger.info(
@@ -184,6 +182,8 @@ def evaluation_and_train_splits(cfg: PipelineConfig) -> tuple[Any, Any]:
     )
     if cfg.scored_task == cfg.task:
         train_split = rows.select(range(held_out, len(rows)))
+    else:
+        train_split = load_task_split(cfg.task, "train", data_dir=cfg.data_dir)
     return rows.select(range(held_out)), train_split
 
 
@@ -485,8 +485,6 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     timings["total"] = time.perf_counter() - t0
     stages.update()
     stages.close()
-
-    from .data import get_task
 
     chance = get_task(cfg.scored_task).chance
     report = {

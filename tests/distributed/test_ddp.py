@@ -10,8 +10,6 @@ main process writes the model, and the result equals a single-process run over t
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,16 +17,11 @@ import pytest
 
 from tailored_hf.structure import PLAN_FILENAME, PruningPlan
 
+from .conftest import run_ok
+
 SCRIPT = Path(__file__).with_name("train_script.py")
-ROOT = Path(__file__).resolve().parents[2]
 #: DDP averages two per-rank mean losses where the single process takes one mean: equal up to float summation order.
 WEIGHT_RTOL = 1e-4
-
-
-def run(cmd: list[str], tmp_path: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
 
 
 @pytest.mark.distributed
@@ -36,7 +29,7 @@ def run(cmd: list[str], tmp_path: Path) -> None:
 def test_two_processes_agree_and_match_single_process(tmp_path, method):
     accelerate = Path(sys.executable).with_name("accelerate")
     ddp, single = tmp_path / "ddp", tmp_path / "single"
-    run(
+    run_ok(
         [
             str(accelerate),
             "launch",
@@ -56,7 +49,7 @@ def test_two_processes_agree_and_match_single_process(tmp_path, method):
         ],
         tmp_path,
     )
-    run([sys.executable, str(SCRIPT), str(single), method, "4"], tmp_path)
+    run_ok([sys.executable, str(SCRIPT), str(single), method, "4"], tmp_path)
 
     rank0, rank1 = (json.loads((ddp / f"rank{r}.json").read_text()) for r in (0, 1))
     alone = json.loads((single / "rank0.json").read_text())

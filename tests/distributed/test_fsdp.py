@@ -8,8 +8,6 @@ on GPUs. Methods that prune during training are refused on sharded models with a
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,16 +18,11 @@ from transformers import AutoModelForCausalLM
 import tailored_hf  # noqa: F401  (tailored_llama Auto classes for the per-layer pruned model)
 from tailored_hf.structure import PLAN_FILENAME
 
+from .conftest import run_ok
+
 SCRIPT = Path(__file__).with_name("fsdp_script.py")
-ROOT = Path(__file__).resolve().parents[2]
 #: FSDP averages two per-rank mean losses where the single process takes one mean: equal up to summation order.
 WEIGHT_RTOL = 1e-4
-
-
-def run(cmd: list[str], cwd: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
 
 
 @pytest.mark.distributed
@@ -38,8 +31,8 @@ def test_pruned_model_trains_under_fsdp2_and_saves_gathered(tmp_path):
     fsdp, single = tmp_path / "fsdp", tmp_path / "single"
     fsdp.mkdir()
     single.mkdir()
-    run([str(torchrun), "--nproc_per_node", "2", str(SCRIPT), str(fsdp), "fsdp"], tmp_path)
-    run([sys.executable, str(SCRIPT), str(single), "single"], tmp_path)
+    run_ok([str(torchrun), "--nproc_per_node", "2", str(SCRIPT), str(fsdp), "fsdp"], tmp_path)
+    run_ok([sys.executable, str(SCRIPT), str(single), "single"], tmp_path)
 
     ranks = [json.loads((fsdp / f"rank{r}.json").read_text()) for r in (0, 1)]
     reference = json.loads((single / "rank0.json").read_text())

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,14 +12,14 @@ import pytest
 from tailored_hf.callback import STATE_FILENAME, TENSOR_STATE_FILENAME
 from tailored_hf.structure import PLAN_FILENAME
 
+from .conftest import launch
+
 SCRIPT = Path(__file__).with_name("resume_script.py")
-ROOT = Path(__file__).resolve().parents[2]
 PRUNE_AT_INIT = ("depgraph", "magnitude")
 
 
 def run(args: list[str], expect_kill: bool = False) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=600)
+    result = launch([sys.executable, str(SCRIPT), *args])
     if expect_kill:
         assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
     else:
