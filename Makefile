@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat requirements-lock.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench peers clean
 
 $(STAMP): pyproject.toml requirements-lock.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ lint: venv
 
 bench: venv
 	$(PY) benchmarks/run_all.py
+
+# Peer libraries for benchmarks/peers/, kept out of the repository and of .venv (gitignored .peers/).
+peers: venv
+	$(PY) -m pip install -q --upgrade --no-deps --target .peers torch-pruning==1.6.1
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

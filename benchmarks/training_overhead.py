@@ -1,0 +1,311 @@
+"""Training-step overhead of each method vs a plain LoRA step on the same batch (SmolLM2-135M-Instruct, this CPU).
+
+Every step kind trains the same LoRA (r=8 on all seven projections, AdamW) with a plain `transformers.Trainer` on
+the same C4 windows; only the callback differs:
+
+* `lora`: no callback, the dense model (the reference);
+* `lora_pruned`: no callback, the model already pruned to 20% with `tailored_hf.prune` (the reference of the next);
+* `depgraph`: `PrunerCallback(DepGraphConfig(0.2))` prunes in `on_init_end`, then trains: target 0% over
+  `lora_pruned` (pruned models carry no masks or hooks);
+* `l0`: `PrunerCallback(L0Config(distillation="none"))`, hard-concrete masks co-trained with LoRA: target <= 15%;
+* `l0_kd` / `l0_progressive`: the same with plain KD (teacher = the intact model) / progressive numerous teachers;
+  floor: one extra no-grad teacher forward of the batch;
+* `atp`: `PrunerCallback(ATPConfig(...))` while the generator trains (one generator update per step on a calibration
+  batch of the same shape); floor: one extra forward + backward of that batch;
+* `atp_frozen`: ATP after T_end (generator frozen): LoRA-aware forward with the decisions, group lasso at 100 beta.
+
+A step is the wall time between consecutive `on_step_end` events (a timing callback placed last, so it covers every
+other callback's work, the forward/backward and the optimizer). Each kind runs in its own subprocess (peak RSS is a
+process-wide high-water mark, read at the last step's end, before `on_train_end` removes anything); kinds are
+interleaved over `--rounds` rounds so drift of this VM's speed hits all of them alike; the median step per kind is
+reported, with peak RSS. Floors are timed in the `lora` subprocess.
+
+    .venv/bin/python benchmarks/training_overhead.py     # ~15 minutes on 2 quiet cores
+
+Writes `benchmarks/results/training_overhead.{json,md}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results" / "training_overhead"
+SCRATCH = Path(tempfile.gettempdir()) / "tailored_hf_overhead"
+KINDS = ("lora", "lora_pruned", "depgraph", "l0", "l0_kd", "l0_progressive", "atp", "atp_frozen")
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+#: Issue 9's targets: step time ratio over the matching plain LoRA step.
+TARGETS = {"depgraph": 1.0, "l0": 1.15}
+REFERENCE = {"depgraph": "lora_pruned"}  # every other kind is compared with the dense `lora` step
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    parser.add_argument("--ratio", type=float, default=0.2, help="target sparsity of every pruning method")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--warmup-steps", type=int, default=2, help="untimed steps per subprocess")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per subprocess")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds over the kinds")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)  # internal: one kind in this process
+    return parser.parse_args(argv)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+class StepTimer:
+    """Times the interval between consecutive `on_step_end` events (install it as the last callback)."""
+
+    def __init__(self) -> None:
+        from transformers import TrainerCallback
+
+        timer = self
+        self.times: list[float] = []
+        self.step_rss_mib = 0.0
+        self._last: float | None = None
+
+        class Callback(TrainerCallback):
+            def on_train_begin(self, *args, **kwargs):
+                timer._last = None
+
+            def on_step_end(self, *args, **kwargs):
+                now = time.perf_counter()
+                if timer._last is not None:
+                    timer.times.append(now - timer._last)
+                timer.step_rss_mib = peak_rss_mib()  # the high-water mark of the steps, before on_train_end prunes
+                timer._last = now
+
+        self.callback = Callback()
+
+
+def batches(tokenizer, args: argparse.Namespace, n_rows: int, seed_offset: int = 0) -> torch.Tensor:
+    from tailored_hf.data import calibration_batches
+
+    return calibration_batches(
+        tokenizer,
+        source="c4",
+        n_samples=n_rows,
+        seq_len=args.seq_len,
+        seed=args.seed + seed_offset,
+        data_dir=args.data_dir,
+    )
+
+
+def method_config(kind: str, args: argparse.Namespace, total_steps: int):
+    from tailored_hf.methods.atp import ATPConfig
+    from tailored_hf.methods.depgraph import DepGraphConfig
+    from tailored_hf.methods.l0 import L0Config
+
+    if kind == "depgraph":
+        return DepGraphConfig(target_sparsity=args.ratio, seed=args.seed)
+    if kind.startswith("l0"):
+        distillation = {"l0": "none", "l0_kd": "kd", "l0_progressive": "progressive"}[kind]
+        return L0Config(target_sparsity=args.ratio, distillation=distillation, seed=args.seed)
+    end_step = total_steps + 1 if kind == "atp" else 1  # generator active on every timed step / frozen from step 1
+    return ATPConfig(
+        target_sparsity=args.ratio,
+        generator_end_step=end_step,
+        calibration_batch_size=args.batch_size,
+        removal_eval_batches=1,
+        seed=args.seed,
+    )
+
+
+def timed_floors(model, ids: torch.Tensor, repeats: int) -> dict[str, float]:
+    """The cost floors: one no-grad forward (a teacher) and one forward + backward (a generator batch)."""
+    forward, forward_backward = [], []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        with torch.no_grad():
+            model(input_ids=ids)
+        forward.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        model(input_ids=ids, labels=ids).loss.backward()
+        forward_backward.append(time.perf_counter() - start)
+        model.zero_grad(set_to_none=True)
+    return {"forward": statistics.median(forward[1:]), "forward_backward": statistics.median(forward_backward[1:])}
+
+
+def worker(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Trains `warmup + steps + 1` steps of one kind in this process and reports its step times and peak RSS."""
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainingArguments
+
+    from tailored_hf import PrunerCallback, load_model
+    from tailored_hf.methods.depgraph import DepGraphConfig, prune
+
+    torch.manual_seed(args.seed)
+    model, tokenizer = load_model(args.model)
+    if kind == "lora_pruned":
+        # The same plan as the `depgraph` kind's callback: the config's default book calibration, same seed.
+        prune(model, DepGraphConfig(target_sparsity=args.ratio, seed=args.seed), tokenizer=tokenizer, progress=False)
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LORA_TARGETS)
+    model = get_peft_model(model, lora)
+    total_steps = args.warmup_steps + args.steps + 1
+    ids = batches(tokenizer, args, total_steps * args.batch_size)
+    rows = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+    callbacks: list = []
+    if kind not in ("lora", "lora_pruned"):
+        calibration = batches(tokenizer, args, 8 * args.batch_size, seed_offset=1) if kind.startswith("atp") else None
+        callbacks.append(PrunerCallback(method_config(kind, args, total_steps), calibration=calibration))
+    timer = StepTimer()
+    callbacks.append(timer.callback)
+    training_args = TrainingArguments(
+        output_dir=str(SCRATCH / kind),
+        per_device_train_batch_size=args.batch_size,
+        max_steps=total_steps,
+        learning_rate=1e-4,
+        optim="adamw_torch",
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        logging_steps=total_steps,
+        seed=args.seed,
+        dataloader_num_workers=0,
+    )
+    trainer = Trainer(
+        model=model, args=training_args, train_dataset=rows, processing_class=tokenizer, callbacks=callbacks
+    )
+    rss_before = peak_rss_mib()
+    trainer.train()
+    timed = timer.times[args.warmup_steps :]
+    result = {
+        "kind": kind,
+        "step_seconds": timed,
+        "median_step_seconds": statistics.median(timed),
+        "peak_rss_mib": timer.step_rss_mib,
+        "peak_rss_mib_with_train_end": peak_rss_mib(),
+        "peak_rss_mib_before_training": rss_before,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
+    if kind == "lora":
+        model.train()
+        result["floors"] = timed_floors(model, ids[: args.batch_size], args.steps)
+    return result
+
+
+def run_worker(kind: str, argv: list[str]) -> dict[str, Any]:
+    command = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker", kind]
+    done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"step kind {kind} failed:\n{done.stderr[-4000:]}")
+    return json.loads(lines[-1])
+
+
+def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Median step over every timed step of every round, the ratio to the kind's reference, and the floors."""
+    median = {kind: statistics.median([t for run in rs for t in run["step_seconds"]]) for kind, rs in runs.items()}
+    floors = runs["lora"][0]["floors"] if "lora" in runs else {}
+    if "lora" in runs and len(runs["lora"]) > 1:
+        floors = {k: statistics.median([run["floors"][k] for run in runs["lora"]]) for k in floors}
+    rows = {}
+    for kind in runs:
+        reference = REFERENCE.get(kind, "lora")
+        row: dict[str, Any] = {
+            "median_step_seconds": median[kind],
+            "peak_rss_mib": max(run["peak_rss_mib"] for run in runs[kind]),
+            "reference": reference,
+        }
+        if reference in median and kind != reference:
+            row["ratio"] = median[kind] / median[reference]
+            row["overhead_seconds"] = median[kind] - median[reference]
+            row["target_ratio"] = TARGETS.get(kind)
+            floor = {"l0_kd": "forward", "l0_progressive": "forward", "atp": "forward_backward"}.get(kind)
+            if floor and floors:
+                row["floor"] = floor
+                row["floor_seconds"] = floors[floor]
+                row["overhead_over_floor"] = row["overhead_seconds"] / floors[floor]
+        rows[kind] = row
+    return {"kinds": rows, "floors": floors}
+
+
+def render(report: dict[str, Any]) -> str:
+    s = report["settings"]
+    floors = report["summary"]["floors"]
+    lines = [
+        "# Training-step overhead vs a plain LoRA step (SmolLM2-135M-Instruct, CPU)",
+        "",
+        f"Batch {s['batch_size']} x {s['seq_len']} C4 tokens, LoRA r=8 on all projections, AdamW, plain `Trainer`; "
+        f"pruning target {s['ratio']:.0%}. Median over {s['steps']} timed steps x {s['rounds']} interleaved rounds "
+        f"(after {s['warmup_steps']} warm-up steps) of the wall time between consecutive `on_step_end` events; "
+        f"each kind in its own process. {report['environment']['cores']} cores, torch {report['environment']['torch']}.",
+        "",
+        "| step | median s | vs | ratio | target | overhead s | floor | overhead / floor | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for kind, row in report["summary"]["kinds"].items():
+        ratio = f"{row['ratio']:.2f}x" if "ratio" in row else "—"
+        target = f"<= {row['target_ratio']:.2f}x" if row.get("target_ratio") else "—"
+        overhead = f"{row['overhead_seconds']:+.2f}" if "overhead_seconds" in row else "—"
+        floor = f"{row['floor']} {row['floor_seconds']:.2f} s" if "floor" in row else "—"
+        over_floor = f"{row['overhead_over_floor']:.2f}x" if "overhead_over_floor" in row else "—"
+        reference = row["reference"] if kind != row["reference"] else "—"
+        lines.append(
+            f"| `{kind}` | {row['median_step_seconds']:.2f} | {reference} | {ratio} | {target} | {overhead} | "
+            f"{floor} | {over_floor} | {row['peak_rss_mib']:.0f} |"
+        )
+    if floors:
+        lines += [
+            "",
+            f"Floors (timed on the LoRA model, same batch): one no-grad forward {floors['forward']:.2f} s (a KD "
+            f"teacher), one forward + backward {floors['forward_backward']:.2f} s (an ATP generator batch).",
+        ]
+    lines += ["", "Reproduce: `.venv/bin/python benchmarks/training_overhead.py`."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.worker, args)))
+        return
+    runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in args.kinds}
+    for round_index in range(args.rounds):
+        for kind in args.kinds:
+            runs[kind].append(run_worker(kind, argv))
+            print(f"round {round_index + 1} {kind}: {runs[kind][-1]['median_step_seconds']:.2f} s", flush=True)
+    report = {
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "worker")},
+        "runs": runs,
+        "summary": summarise(runs),
+        "environment": {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+        },
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    out.with_suffix(".md").write_text(render(report))
+    print(render(report))
+
+
+if __name__ == "__main__":
+    main()
