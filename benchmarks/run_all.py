@@ -257,23 +257,24 @@ def moonshot_section(ours: dict[str, Any] | None) -> list[str]:
         + " | | |",
     ]
     notes = []
+    # Tasks where the dense model sits within 2 points of chance: their "recovery" can exceed dense by learning the
+    # label prior (BoolQ here), which flatters the share; the verdict also reads the share without them.
+    informative = [i for i, t in enumerate(tasks) if dense[i] is not None and dense[i] - CHANCE[t] > 0.02]
     for tag, target in MOONSHOT.items():
         tuned = per_task_tuned(cells, tag, tasks)
         share = mean(tuned) / mean(dense) if mean(tuned) is not None and mean(dense) else None
         status = verdict(share, target, lower_is_better=False)
+        if share is not None and len(informative) < len(tasks):
+            kept = mean([tuned[i] for i in informative]) / mean([dense[i] for i in informative])
+            dropped = ", ".join(t for i, t in enumerate(tasks) if i not in informative)
+            status += f"; without {dropped}: {kept:.1%}, {'met' if kept >= target else 'NOT met'}"
+            notes.append(
+                f"- {tag}: without the tasks where dense is within 2 points of chance ({dropped}): {kept:.1%}."
+            )
         lines.append(
             f"| {tag} pruned + task LoRA | " + " | ".join(pct(v) for v in tuned) + f" | {pct(mean(tuned))} | "
             f"{'—' if share is None else f'{share:.1%}'} | >= {target:.0%} | {status} |"
         )
-        # Without the tasks where the dense model sits at chance: their "recovery" can exceed dense by learning
-        # the label prior, which flatters the share.
-        informative = [i for i, t in enumerate(tasks) if dense[i] is not None and dense[i] - CHANCE[t] > 0.02]
-        if share is not None and len(informative) < len(tasks):
-            kept = mean([tuned[i] for i in informative]) / mean([dense[i] for i in informative])
-            dropped = ", ".join(t for i, t in enumerate(tasks) if i not in informative)
-            notes.append(
-                f"- {tag}: without the tasks where dense is within 2 points of chance ({dropped}): {kept:.1%}."
-            )
     return lines + [""] + notes + [""]
 
 
