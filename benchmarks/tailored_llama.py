@@ -77,19 +77,25 @@ def parse_args() -> argparse.Namespace:
 class Bench:
     """Cached cells: `cell(key, fn)` runs `fn` once and stores its JSON result."""
 
+    run_options: tuple[str, ...] = RUN_OPTIONS
+
     def __init__(self, args: argparse.Namespace) -> None:
+        self.load_cache(args)
+        self.model, self.tokenizer = load_model(args.model)
+        self.wikitext = self.tokenizer(
+            load_lm_text("wikitext2", data_dir=args.data_dir), return_tensors="pt"
+        ).input_ids[0]
+
+    def load_cache(self, args: argparse.Namespace) -> None:
+        """Reuses `<out>.json`'s cells when its settings equal this run's (run-only options aside)."""
         self.args = args
         self.path = Path(args.out + ".json")
-        settings = {k: v for k, v in vars(args).items() if k not in RUN_OPTIONS}
+        settings = {k: v for k, v in vars(args).items() if k not in self.run_options}
         self.data: dict[str, Any] = {"settings": settings, "cells": {}}
         if self.path.is_file():
             previous = json.loads(self.path.read_text())
             if previous.get("settings") == settings:
                 self.data = previous
-        self.model, self.tokenizer = load_model(args.model)
-        self.wikitext = self.tokenizer(
-            load_lm_text("wikitext2", data_dir=args.data_dir), return_tensors="pt"
-        ).input_ids[0]
 
     def cell(self, key: str, fn) -> Any:
         if key not in self.data["cells"]:

@@ -318,15 +318,10 @@ def match_ratio(
 class PeerBench(Bench):
     """`tailored_llama.Bench` (cells, evaluation, task shots, LoRA recovery) with Torch-Pruning as the pruner."""
 
+    run_options = RUN_OPTIONS
+
     def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.path = Path(args.out + ".json")
-        settings = {k: v for k, v in vars(args).items() if k not in RUN_OPTIONS}
-        self.data: dict[str, Any] = {"settings": settings, "cells": {}}
-        if self.path.is_file():
-            previous = json.loads(self.path.read_text())
-            if previous.get("settings") == settings:
-                self.data = previous
+        self.load_cache(args)
         from tailored_hf.data import load_lm_text
         from tailored_hf.loading import load_model
 
