@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .. import arch as A
 from .geometry import ModelGeometry
@@ -206,15 +207,18 @@ class RuntimeMasks:
         return output * self.hidden.to(device=output.device, dtype=output.dtype)
 
     def _norm_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        """Recompute RMSNorm over the kept channels (the sliced norm's statistics), then mask."""
+        """Recompute RMSNorm over the kept channels (the sliced norm's statistics), then mask.
+
+        When gradients flow, the norm's intermediates are recomputed in the backward pass instead of being kept
+        (`torch.utils.checkpoint`): only its inputs are saved, as for the stock norm, which matters because the
+        hook runs at every RMSNorm of the model on every training step of a soft hidden-dim mask."""
         if self.hidden is None:
             return None
-        x = args[0]
-        mask = self.hidden.to(device=x.device, dtype=torch.float32)
-        xf = x.to(torch.float32)
-        variance = (xf.pow(2) * mask).sum(-1, keepdim=True) / mask.sum().clamp_min(1.0)
-        normed = (xf * torch.rsqrt(variance + _norm_eps(module))).to(x.dtype)
-        return module.weight * normed * mask.to(x.dtype)
+        x, mask, eps = args[0], self.hidden.to(device=args[0].device), _norm_eps(module)
+        tensors = (x, module.weight, mask)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return checkpoint(masked_rms_norm, *tensors, eps, use_reentrant=False, preserve_rng_state=False)
+        return masked_rms_norm(*tensors, eps)
 
     def _layer_hook(self, index: int) -> Callable:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
@@ -227,6 +231,16 @@ class RuntimeMasks:
             return (mixed, *output[1:]) if isinstance(output, tuple) else mixed
 
         return hook
+
+
+def masked_rms_norm(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of `x` over the channels kept by (a possibly soft) `mask`, scaled by `weight` and masked: what the
+    norm sliced to the kept channels computes, zero elsewhere."""
+    mask = mask.to(torch.float32)
+    xf = x.to(torch.float32)
+    variance = (xf.pow(2) * mask).sum(-1, keepdim=True) / mask.sum().clamp_min(1.0)
+    normed = (xf * torch.rsqrt(variance + eps)).to(x.dtype)
+    return weight * normed * mask.to(x.dtype)
 
 
 def _norm_eps(module: nn.Module) -> float:

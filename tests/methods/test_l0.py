@@ -26,6 +26,7 @@ from tailored_hf.methods.l0 import (
     TeacherBank,
     chunked_logit_distillation,
     expected_parameters,
+    layer_distillation,
     logit_distillation,
     select_plan,
 )
@@ -258,6 +259,26 @@ def test_chunked_logit_distillation_matches_direct_value_and_gradients():
     w3 = weight.clone().requires_grad_()
     (logit_distillation(student @ w3.T, (teacher @ weight.T).detach(), 2 / 3)).backward()
     torch.testing.assert_close(w2.grad, w3.grad)
+
+
+def test_layer_distillation_value_and_gradients():
+    """Per-layer MSE over the student's non-zero entries, skipping gated-off layers (recomputed in backward)."""
+    g = torch.Generator().manual_seed(0)
+    student = [torch.randn(6, 5, generator=g, dtype=torch.float64) for _ in range(3)]
+    student[1][:, 2] = 0.0  # a pruned hidden dim
+    teacher = [torch.randn(6, 5, generator=g, dtype=torch.float64) for _ in range(3)]
+    leaves = [s.clone().requires_grad_() for s in student]
+    loss = layer_distillation(tuple(leaves), tuple(teacher), layer_gates=torch.tensor([1.0, 1.0, 0.0]))
+    loss.backward()
+    expected, reference = 0.0, [s.clone().requires_grad_() for s in student]
+    for s, t in zip(reference[:2], teacher[:2]):
+        keep = (s != 0).double()
+        expected = expected + ((s - t).pow(2) * keep).sum() / keep.sum()
+    expected.backward()
+    torch.testing.assert_close(loss.double(), expected.detach())
+    for leaf, ref in zip(leaves[:2], reference[:2]):
+        torch.testing.assert_close(leaf.grad, ref.grad)
+    assert leaves[2].grad is None
 
 
 def test_logit_distillation_is_kl_teacher_to_student():

@@ -22,6 +22,7 @@ from tailored_hf.structure import (
     count_parameters,
     save_pruned,
 )
+from tailored_hf.structure.masks import masked_rms_norm
 from tailored_hf.structure.simple import magnitude_plan
 
 from ..conftest import input_batch, make_tiny_model
@@ -74,6 +75,44 @@ def test_masked_forward_equals_pruned_forward(tiny_model, seed, drop_layer):
     apply_plan(tiny_model, plan)
     pruned = logits(tiny_model, ids)
     torch.testing.assert_close(pruned, masked, atol=TOL, rtol=TOL)
+
+
+def _soft_mask_step(model, ids, checkpointed: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Loss, hidden-mask gradient and bytes saved for backward (parameters excluded) of one forward with a soft
+    hidden-dim mask, with the masked norms recomputed in backward or (reference) kept."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: set[int] = set()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params and ptr not in seen:
+            seen.add(ptr)
+            pack.nbytes += t.untyped_storage().nbytes()
+        return t
+
+    pack.nbytes = 0
+    logit = torch.linspace(-2.0, 2.0, model.config.hidden_size).requires_grad_()
+    masks = RuntimeMasks(model)
+    if not checkpointed:  # the reference keeps every intermediate of the masked norms
+        masks._norm_hook = lambda module, args, output: masked_rms_norm(
+            args[0], module.weight, masks.hidden, module.variance_epsilon
+        )
+    with masks, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        masks.set_hidden(torch.sigmoid(logit))
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return loss.detach(), logit.grad, pack.nbytes
+
+
+def test_soft_hidden_mask_norms_are_recomputed_not_stored(tiny_model):
+    """Checkpointing the masked RMSNorms gives the same loss and mask gradient and saves fewer bytes."""
+    ids = input_batch()
+    loss, grad, nbytes = _soft_mask_step(tiny_model, ids, checkpointed=True)
+    tiny_model.zero_grad()
+    ref_loss, ref_grad, ref_nbytes = _soft_mask_step(tiny_model, ids, checkpointed=False)
+    torch.testing.assert_close(loss, ref_loss, atol=0, rtol=0)
+    torch.testing.assert_close(grad, ref_grad, atol=1e-6, rtol=1e-5)
+    assert nbytes < ref_nbytes
 
 
 def test_empty_plan_is_identity(tiny_model):

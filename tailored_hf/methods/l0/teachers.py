@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .config import L0Config
 from .hard_concrete import HardConcrete
@@ -269,10 +270,15 @@ def layer_distillation(
     for index, (s, t) in enumerate(zip(student, teacher)):
         if layer_gates is not None and index < layer_gates.numel() and float(layer_gates[index]) == 0.0:
             continue
-        s, t = s.float(), t.float()
-        keep = (s != 0).float()
-        count = keep.sum()
-        if count == 0:
-            continue
-        total = total + ((s - t).pow(2) * keep).sum() / count
+        if torch.is_grad_enabled() and s.requires_grad:  # keep only the inputs for backward, not 2 temporaries
+            total = total + checkpoint(_masked_mse, s, t, use_reentrant=False, preserve_rng_state=False)
+        else:
+            total = total + _masked_mse(s, t)
     return total
+
+
+def _masked_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference over the entries where `student` is non-zero (0 when there are none)."""
+    s, t = student.float(), teacher.float()
+    keep = (s != 0).float()
+    return ((s - t).pow(2) * keep).sum() / keep.sum().clamp_min(1.0)
