@@ -47,15 +47,13 @@ def linear_flops_per_token(model) -> int:
 def forwarded_tokens(tokenizer, task: str, limit: int, data_dir: str) -> int:
     """Input tokens the packed scorer feeds for `task` (each item's shared context once, then every choice's rest)."""
     from tailored_hf.data import load_task_split, map_for_scoring
-    from tailored_hf.eval.multiple_choice import _common_prefix_len, encode_pair
+    from tailored_hf.eval.multiple_choice import encode_pair, packed_input_length
 
     dataset = load_task_split(task, "validation", data_dir=data_dir)
     total = 0
     for item in map_for_scoring(dataset.select(range(min(limit, len(dataset)))), task, prompt="lm_eval"):
         pairs = [encode_pair(tokenizer, c, x, None) for c, x in zip(item["contexts"], item["continuations"])]
-        fulls = [list(c) + list(x) for c, x in pairs]
-        prefix = min(_common_prefix_len(fulls), min(len(f) for f in fulls) - 1)
-        total += prefix + sum(len(f) - 1 - prefix for f in fulls)
+        total += packed_input_length([list(c) + list(x) for c, x in pairs])
     return total
 
 

@@ -358,6 +358,19 @@ def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
     return n
 
 
+def shared_prefix_length(fulls: Sequence[Sequence[int]]) -> int:
+    """Tokens the packed scorer feeds once for all of an item's requests (`context + continuation` each): their
+    common prefix, short of every request's last token (which must be predicted, not input)."""
+    return min(_common_prefix_len(fulls), min(len(f) for f in fulls) - 1)
+
+
+def packed_input_length(fulls: Sequence[Sequence[int]]) -> int:
+    """Input tokens of one item's packed row: the shared prefix once, then each request's remaining tokens minus its
+    last."""
+    prefix = shared_prefix_length(fulls)
+    return prefix + sum(len(f) - 1 - prefix for f in fulls)
+
+
 def token_budget_chunks(lengths: Sequence[int], batch_size: int, max_batch_tokens: int | None) -> list[slice]:
     """Consecutive slices of rows sorted by decreasing length: at most `batch_size` rows, and (beyond the first row)
     at most `max_batch_tokens` padded tokens, i.e. `rows x longest row`."""
@@ -403,8 +416,7 @@ def packed_loglikelihood_tokens(
         fulls = [list(ctx) + list(cont) for ctx, cont in group]
         if not all(ctx and cont for ctx, cont in group):
             raise ValueError("Every request needs at least one context token and one continuation token.")
-        # Each request keeps at least its last token outside the shared prefix (it must be predicted, not input).
-        p = min(_common_prefix_len(fulls), min(len(f) for f in fulls) - 1)
+        p = shared_prefix_length(fulls)
         # Input tokens: the prefix, then each request's tokens after it minus its last (never fed to the model).
         tokens = fulls[0][:p]
         positions = list(range(p))

@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from tailored_hf.eval import encode_pair, loglikelihood_tokens, score_multiple_choice
-from tailored_hf.eval.multiple_choice import choice_strings, mean_stderr, token_budget_chunks
+from tailored_hf.eval.multiple_choice import (
+    choice_strings,
+    mean_stderr,
+    packed_input_length,
+    packed_loglikelihood_tokens,
+    token_budget_chunks,
+)
 
 ITEMS = [
     {
@@ -79,6 +85,24 @@ def test_token_budget_does_not_change_scores(tiny_model, tiny_tokenizer, budget)
     b = score_multiple_choice(tiny_model, tiny_tokenizer, ITEMS, batch_size=1, packed=True)
     for x, y in zip(a.items, b.items):
         assert x.loglikelihoods == pytest.approx(y.loglikelihoods, abs=1e-5)
+
+
+def test_packed_input_length_is_what_the_packed_scorer_feeds(tiny_model, tiny_tokenizer):
+    """One packed row per forward: its width is the shared prefix once plus every choice's rest minus its last."""
+    groups = [
+        [encode_pair(tiny_tokenizer, c, x, None) for c, x in zip(i["contexts"], i["continuations"])] for i in ITEMS
+    ]
+    widths = []
+    handle = tiny_model.model.register_forward_pre_hook(  # the scorer runs the decoder, then the head on selected rows
+        lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    try:
+        packed_loglikelihood_tokens(tiny_model, groups, batch_size=1, max_batch_tokens=None)
+    finally:
+        handle.remove()
+    expected = [packed_input_length([list(c) + list(x) for c, x in group]) for group in groups]
+    assert sorted(widths) == sorted(expected)
+    assert packed_input_length([[1, 2, 3, 4], [1, 2, 5]]) == 2 + 1 + 0  # prefix [1, 2]; rests [3] and []
 
 
 def test_packed_equals_plain(tiny_model, tiny_tokenizer):
