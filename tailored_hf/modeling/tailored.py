@@ -50,8 +50,16 @@ PER_LAYER_FIELDS = ("layer_num_attention_heads", "layer_num_key_value_heads", "l
 HEAD_DIM_CONFIG_FIELDS = ("layer_qk_head_dims", "layer_v_head_dims", "layer_rotary_indices")
 
 
+@dataclass(repr=False, kw_only=True)
 class TailoredConfigMixin:
-    """Per-layer sizes on top of a stock LLaMA-family config."""
+    """Per-layer sizes on top of a stock LLaMA-family config (`None`: the stock config's global value)."""
+
+    layer_num_attention_heads: list[int] | None = None
+    layer_num_key_value_heads: list[int] | None = None
+    layer_intermediate_sizes: list[int] | None = None
+    layer_qk_head_dims: list[int] | None = None
+    layer_v_head_dims: list[int] | None = None
+    layer_rotary_indices: list[list[int]] | None = None
 
     def validate_architecture(self) -> None:
         # Heads carry an explicit head_dim, so hidden_size need not be a multiple of the head count.
@@ -276,12 +284,6 @@ def _tailored_causal_init(self: nn.Module, config: PretrainedConfig, model_cls: 
 @strict
 class TailoredLlamaConfig(TailoredConfigMixin, LlamaConfig):
     model_type = "tailored_llama"
-    layer_num_attention_heads: list[int] | None = None
-    layer_num_key_value_heads: list[int] | None = None
-    layer_intermediate_sizes: list[int] | None = None
-    layer_qk_head_dims: list[int] | None = None
-    layer_v_head_dims: list[int] | None = None
-    layer_rotary_indices: list[list[int]] | None = None
 
 
 class TailoredLlamaModel(LlamaModel):
@@ -302,12 +304,6 @@ class TailoredLlamaForCausalLM(LlamaForCausalLM):
 @strict
 class TailoredMistralConfig(TailoredConfigMixin, MistralConfig):
     model_type = "tailored_mistral"
-    layer_num_attention_heads: list[int] | None = None
-    layer_num_key_value_heads: list[int] | None = None
-    layer_intermediate_sizes: list[int] | None = None
-    layer_qk_head_dims: list[int] | None = None
-    layer_v_head_dims: list[int] | None = None
-    layer_rotary_indices: list[list[int]] | None = None
 
 
 class TailoredMistralModel(MistralModel):
@@ -328,12 +324,6 @@ class TailoredMistralForCausalLM(MistralForCausalLM):
 @strict
 class TailoredQwen2Config(TailoredConfigMixin, Qwen2Config):
     model_type = "tailored_qwen2"
-    layer_num_attention_heads: list[int] | None = None
-    layer_num_key_value_heads: list[int] | None = None
-    layer_intermediate_sizes: list[int] | None = None
-    layer_qk_head_dims: list[int] | None = None
-    layer_v_head_dims: list[int] | None = None
-    layer_rotary_indices: list[list[int]] | None = None
 
 
 class TailoredQwen2Model(Qwen2Model):
