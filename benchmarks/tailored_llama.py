@@ -48,6 +48,7 @@ CHANCE |= {"arc_challenge": 0.25, "openbookqa": 0.25}
 NEAR_CHANCE = 0.02
 #: Command-line options that do not change any cell (the rest must match the cache's settings to reuse it).
 RUN_OPTIONS = ("out", "report_only")
+PER_TASK_MODELS = "n/a (one adapter per task)"  # task-LoRA rows: no single model to take a perplexity of
 
 logger = logging.getLogger("tailored_llama")
 
@@ -250,11 +251,15 @@ def render(data: dict[str, Any]) -> str:
         cell = cells.get(key)
         return cell["tasks"][task]["score"] if cell and task in cell["tasks"] else None
 
-    def row(label: str, values: list[float | None], ppl: float | None) -> str:
+    def row(label: str, values: list[float | None], ppl: float | str | None) -> str:
+        """`ppl`: a number, `None` (not computed yet: —) or a text for rows that have no single model."""
         present = [v for v in values if v is not None]
         mean = sum(present) / len(present) if len(present) == len(values) else None
         fmt = lambda v: "—" if v is None else f"{100 * v:.1f}"  # noqa: E731
-        ppl_text = "—" if ppl is None or not math.isfinite(ppl) else f"{ppl:.1f}"
+        if isinstance(ppl, str):
+            ppl_text = ppl
+        else:
+            ppl_text = "—" if ppl is None or not math.isfinite(ppl) else f"{ppl:.1f}"
         return f"| {label} | " + " | ".join(fmt(v) for v in values) + f" | {fmt(mean)} | {ppl_text} |"
 
     dense = [score("dense", t) for t in tasks]
@@ -284,7 +289,7 @@ def render(data: dict[str, Any]) -> str:
         achieved = f"{params['pruned']:,} params, {params['achieved']:.1%} removed" if params else ""
         lines += [f"## {tag} of parameters removed ({achieved})", "", header, rule]
         lines.append(row("dense", dense, dense_ppl))
-        lines.append(row("dense + task LoRA (ceiling)", ceiling, None))
+        lines.append(row("dense + task LoRA (ceiling)", ceiling, PER_TASK_MODELS))
         lines.append(
             row(
                 "pruned, no tune",
@@ -299,7 +304,9 @@ def render(data: dict[str, Any]) -> str:
                 cells.get(f"{tag}/alpaca", {}).get("wikitext2_ppl"),
             )
         )
-        lines.append(row(f"pruned + task LoRA (K={s['k']})", [score(f"{tag}/task/{t}", t) for t in tasks], None))
+        lines.append(
+            row(f"pruned + task LoRA (K={s['k']})", [score(f"{tag}/task/{t}", t) for t in tasks], PER_TASK_MODELS)
+        )
         lines.append("")
     if s["k_ablation"]:
         tag = f"{s['ratios'][0]:.0%}"
@@ -345,6 +352,17 @@ def findings(cells: dict[str, Any], s: dict[str, Any], dense: list[float | None]
             values.append(cell["tasks"][task]["score"])
         return sum(values) / len(values)
 
+    def stderr_of_mean(key: str) -> float | None:
+        """Binomial standard error of the 7-task mean (each task's p(1-p)/n, items independent)."""
+        variance = 0.0
+        for task in tasks:
+            cell = cells.get(key.format(task=task))
+            if not cell or task not in cell["tasks"]:
+                return None
+            p, n = cell["tasks"][task]["score"], cell["tasks"][task]["n"]
+            variance += p * (1 - p) / max(n, 1)
+        return math.sqrt(variance) / len(tasks)
+
     dense_mean = mean_of("dense", tasks)
     dense_informative = mean_of("dense", informative)
     lines = ["## Where the paper's findings hold at this scale", ""]
@@ -370,8 +388,16 @@ def findings(cells: dict[str, Any], s: dict[str, Any], dense: list[float | None]
         if alpaca is not None:
             text += (
                 f"; task-specific vs generic Alpaca tuning: {100 * tuned:.1f} vs {100 * alpaca:.1f} "
-                f"({'holds' if tuned > alpaca else 'does NOT hold'})"
+                f"({'holds' if tuned > alpaca else 'does NOT hold'}"
             )
+            errors = [stderr_of_mean(tag + "/task/{task}"), stderr_of_mean(f"{tag}/alpaca")]
+            if None not in errors:
+                spread = math.hypot(*errors)
+                gap = abs(tuned - alpaca) / spread
+                text += f"; the gap is {gap:.1f} standard errors of the difference"
+                text += ", within sampling error)" if gap < 2 else ")"
+            else:
+                text += ")"
         else:
             text += "; task-specific vs generic Alpaca tuning: not measured yet"
         lines.append(text + ".")
