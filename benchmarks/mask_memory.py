@@ -1,0 +1,128 @@
+"""Where a soft-masked training step's extra activation memory goes: bytes saved for backward, per mask kind.
+
+One LoRA training forward of SmolLM2-135M-Instruct on a real C4 window (NutePrune's training data), with soft (differentiable) masks
+on attention heads, FFN channels and hidden dims as L0 / NutePrune trains them, against the same forward without
+masks. Saved tensors are counted with `torch.autograd.graph.saved_tensors_hooks` (each storage once, parameters
+excluded), so the figures are exact bytes, free of allocator and timing noise. A reference row keeps the masked
+RMSNorms' intermediates (what `RuntimeMasks` did before it recomputed them in backward).
+
+    .venv/bin/python benchmarks/mask_memory.py            # ~1 min; writes benchmarks/results/mask_memory.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results" / "mask_memory"
+# NutePrune's LoRA (scripts/cotrain.sh): rank 8 on the query and value projections, as in benchmarks/nuteprune.py.
+DEFAULT_LORA_TARGETS = ("q_proj", "v_proj")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--lora-targets", nargs="+", default=list(DEFAULT_LORA_TARGETS))
+    parser.add_argument("--out", default=str(RESULTS))
+    return parser.parse_args()
+
+
+def saved_mib(model, input_ids: torch.Tensor, masks) -> float:
+    """MiB of activations autograd keeps for backward during one training forward (parameters excluded)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: set[int] = set()
+    total = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        pointer = tensor.untyped_storage().data_ptr()
+        if pointer not in params and pointer not in seen:
+            seen.add(pointer)
+            total += tensor.untyped_storage().nbytes()
+        return tensor
+
+    with masks, torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(input_ids=input_ids, labels=input_ids)
+    return total / 2**20
+
+
+def main() -> None:
+    args = parse_args()
+    from peft import LoraConfig, get_peft_model
+
+    from tailored_hf import load_model
+    from tailored_hf.data.calibration import calibration_batches
+    from tailored_hf.structure.masks import RuntimeMasks, masked_rms_norm
+
+    class StoredNormMasks(RuntimeMasks):
+        """The reference: masked RMSNorms keep every intermediate for backward."""
+
+        def _norm_hook(self, module, hook_args, output):
+            if self.hidden is None:
+                return None
+            return masked_rms_norm(hook_args[0], module.weight, self.hidden, module.variance_epsilon)
+
+    torch.manual_seed(0)
+    model, tokenizer = load_model(args.model)
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=8, target_modules=args.lora_targets))
+    config = model.get_base_model().config
+    input_ids = calibration_batches(tokenizer, "c4", n_samples=1, seq_len=args.seq_len, data_dir=args.data_dir)
+
+    def soft(size: int) -> torch.Tensor:  # a differentiable mask value in (0, 1), as a hard-concrete sample
+        return torch.sigmoid(torch.full((size,), 1.0, requires_grad=True))
+
+    layers = range(config.num_hidden_layers)
+    setters: dict[str, Callable[[Any], None]] = {
+        "heads": lambda m: [m.set_heads(i, soft(config.num_attention_heads)) for i in layers],
+        "ffn": lambda m: [m.set_ffn(i, soft(config.intermediate_size)) for i in layers],
+        "hidden": lambda m: m.set_hidden(soft(config.hidden_size)),
+    }
+
+    def measure(kinds: tuple[str, ...], masks_class: type = RuntimeMasks) -> float:
+        masks = masks_class(model)
+        for kind in kinds:
+            setters[kind](masks)
+        return saved_mib(model, input_ids, masks)
+
+    rows = {"plain LoRA": measure(())}
+    for kind in setters:
+        rows[f"+ {kind} mask"] = measure((kind,))
+    rows["+ all three"] = measure(tuple(setters))
+    rows["+ hidden mask, norms storing intermediates"] = measure(("hidden",), StoredNormMasks)
+    rows["+ all three, norms storing intermediates"] = measure(tuple(setters), StoredNormMasks)
+    base = rows["plain LoRA"]
+    report = {
+        "settings": {**vars(args), "tokens": int(input_ids.numel())},
+        "saved_mib": rows,
+        "ratio_to_plain": {name: value / base for name, value in rows.items()},
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [
+        f"# Activation bytes saved for backward: soft masks on {args.model}",
+        "",
+        f"One training forward, 1 x {args.seq_len} C4 tokens, LoRA r=8 on {', '.join(args.lora_targets)}; "
+        "saved tensors counted once per storage, parameters excluded (exact bytes, no timing or allocator noise).",
+        "",
+        "| forward | saved (MiB) | vs plain LoRA |",
+        "|---|---|---|",
+        *(f"| {name} | {value:.1f} | {value / base:.2f}x |" for name, value in rows.items()),
+        "",
+        "Reproduce: `.venv/bin/python benchmarks/mask_memory.py`.",
+    ]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
