@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -203,6 +204,26 @@ def per_task_tuned(cells: dict[str, Any], prefix: str, tasks: list[str]) -> list
     return [task_scores(cells, f"{prefix}/task/{t}", [t])[0] for t in tasks]
 
 
+def mean_stderr(cells: dict[str, Any], keys: list[str], tasks: list[str]) -> float | None:
+    """Binomial standard error of a mean over `tasks`, task `i` read from cell `keys[i]` (its score and item count)."""
+    variance = 0.0
+    for key, task in zip(keys, tasks):
+        cell = cells.get(key)
+        if not cell or task not in cell["tasks"]:
+            return None
+        p, n = cell["tasks"][task]["score"], cell["tasks"][task]["n"]
+        variance += p * (1 - p) / max(n, 1)
+    return math.sqrt(variance) / len(tasks)
+
+
+def gap_text(ours: float, peer: float, errors: list[float | None]) -> str:
+    """`yes (+1.2)` / `NO (-0.4)`, marked when the gap is under two standard errors of the difference."""
+    text = f"{'yes' if ours > peer else 'NO'} ({100 * (ours - peer):+.1f}"
+    if None not in errors and abs(ours - peer) < 2 * math.hypot(*errors):
+        text += ", within sampling error"
+    return text + ")"
+
+
 def peer_section(ours: dict[str, Any] | None, peer: dict[str, Any] | None) -> list[str]:
     """Per ratio: 7-task mean and WikiText-2 ppl of ours vs Torch-Pruning, without tuning and after the same LoRA."""
     lines = ["## 4. Quality vs Torch-Pruning (same model, ratio, evaluation and LoRA budget)", ""]
@@ -232,15 +253,19 @@ def peer_section(ours: dict[str, Any] | None, peer: dict[str, Any] | None) -> li
             peer_tuned = mean(per_task_tuned(peer_cells, key, tasks))
             ahead = []
             if our_mean is not None and peer_mean is not None:
-                ahead.append(
-                    f"no tune: {'yes' if our_mean > peer_mean else 'NO'} ({100 * (our_mean - peer_mean):+.1f})"
-                )
+                errors = [
+                    mean_stderr(our_cells, [f"{tag}/pruned"] * len(tasks), tasks),
+                    mean_stderr(peer_cells, [f"{key}/pruned"] * len(tasks), tasks),
+                ]
+                ahead.append(f"no tune: {gap_text(our_mean, peer_mean, errors)}")
             if our_ppl is not None and peer_ppl is not None:
                 ahead.append(f"ppl: {'yes' if our_ppl < peer_ppl else 'NO'}")
             if our_tuned is not None and peer_tuned is not None:
-                ahead.append(
-                    f"tuned: {'yes' if our_tuned > peer_tuned else 'NO'} ({100 * (our_tuned - peer_tuned):+.1f})"
-                )
+                errors = [
+                    mean_stderr(our_cells, [f"{tag}/task/{t}" for t in tasks], tasks),
+                    mean_stderr(peer_cells, [f"{key}/task/{t}" for t in tasks], tasks),
+                ]
+                ahead.append(f"tuned: {gap_text(our_tuned, peer_tuned, errors)}")
             lines.append(
                 f"| {tag} | Torch-Pruning, {importance} | {pct(peer_mean)} | {ppl_text(peer_ppl)} | {pct(peer_tuned)} "
                 f"| {'; '.join(ahead) or '—'} |"
