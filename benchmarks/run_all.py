@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tailored_llama import CHANCE, NEAR_CHANCE
+from tailored_llama import CHANCE, NEAR_CHANCE, mean_stderr
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -204,18 +204,6 @@ def per_task_tuned(cells: dict[str, Any], prefix: str, tasks: list[str]) -> list
     return [task_scores(cells, f"{prefix}/task/{t}", [t])[0] for t in tasks]
 
 
-def mean_stderr(cells: dict[str, Any], keys: list[str], tasks: list[str]) -> float | None:
-    """Binomial standard error of a mean over `tasks`, task `i` read from cell `keys[i]` (its score and item count)."""
-    variance = 0.0
-    for key, task in zip(keys, tasks):
-        cell = cells.get(key)
-        if not cell or task not in cell["tasks"]:
-            return None
-        p, n = cell["tasks"][task]["score"], cell["tasks"][task]["n"]
-        variance += p * (1 - p) / max(n, 1)
-    return math.sqrt(variance) / len(tasks)
-
-
 def gap_text(ours: float, peer: float, errors: list[float | None]) -> str:
     """`yes (+1.2)` / `NO (-0.4)`, marked when the gap is under two standard errors of the difference."""
     text = f"{'yes' if ours > peer else 'NO'} ({100 * (ours - peer):+.1f}"
@@ -254,16 +242,16 @@ def peer_section(ours: dict[str, Any] | None, peer: dict[str, Any] | None) -> li
             ahead = []
             if our_mean is not None and peer_mean is not None:
                 errors = [
-                    mean_stderr(our_cells, [f"{tag}/pruned"] * len(tasks), tasks),
-                    mean_stderr(peer_cells, [f"{key}/pruned"] * len(tasks), tasks),
+                    mean_stderr(our_cells, f"{tag}/pruned", tasks),
+                    mean_stderr(peer_cells, f"{key}/pruned", tasks),
                 ]
                 ahead.append(f"no tune: {gap_text(our_mean, peer_mean, errors)}")
             if our_ppl is not None and peer_ppl is not None:
                 ahead.append(f"ppl: {'yes' if our_ppl < peer_ppl else 'NO'}")
             if our_tuned is not None and peer_tuned is not None:
                 errors = [
-                    mean_stderr(our_cells, [f"{tag}/task/{t}" for t in tasks], tasks),
-                    mean_stderr(peer_cells, [f"{key}/task/{t}" for t in tasks], tasks),
+                    mean_stderr(our_cells, tag + "/task/{task}", tasks),
+                    mean_stderr(peer_cells, key + "/task/{task}", tasks),
                 ]
                 ahead.append(f"tuned: {gap_text(our_tuned, peer_tuned, errors)}")
             lines.append(

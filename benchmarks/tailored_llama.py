@@ -337,6 +337,19 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def mean_stderr(cells: dict[str, Any], key: str, tasks: list[str]) -> float | None:
+    """Binomial standard error of the mean score over `tasks` (each task's p(1-p)/n, items independent); `key` names
+    the cell and may hold `{task}` (one cell per task). None when a cell is missing."""
+    variance = 0.0
+    for task in tasks:
+        cell = cells.get(key.format(task=task))
+        if not cell or task not in cell["tasks"]:
+            return None
+        p, n = cell["tasks"][task]["score"], cell["tasks"][task]["n"]
+        variance += p * (1 - p) / max(n, 1)
+    return math.sqrt(variance) / len(tasks)
+
+
 def findings(cells: dict[str, Any], s: dict[str, Any], dense: list[float | None]) -> list[str]:
     """The paper's orderings, checked on the cached cells: which hold at this scale and which do not."""
     tasks = s["tasks"]
@@ -351,17 +364,6 @@ def findings(cells: dict[str, Any], s: dict[str, Any], dense: list[float | None]
                 return None
             values.append(cell["tasks"][task]["score"])
         return sum(values) / len(values)
-
-    def stderr_of_mean(key: str) -> float | None:
-        """Binomial standard error of the 7-task mean (each task's p(1-p)/n, items independent)."""
-        variance = 0.0
-        for task in tasks:
-            cell = cells.get(key.format(task=task))
-            if not cell or task not in cell["tasks"]:
-                return None
-            p, n = cell["tasks"][task]["score"], cell["tasks"][task]["n"]
-            variance += p * (1 - p) / max(n, 1)
-        return math.sqrt(variance) / len(tasks)
 
     dense_mean = mean_of("dense", tasks)
     dense_informative = mean_of("dense", informative)
@@ -390,7 +392,7 @@ def findings(cells: dict[str, Any], s: dict[str, Any], dense: list[float | None]
                 f"; task-specific vs generic Alpaca tuning: {100 * tuned:.1f} vs {100 * alpaca:.1f} "
                 f"({'holds' if tuned > alpaca else 'does NOT hold'}"
             )
-            errors = [stderr_of_mean(tag + "/task/{task}"), stderr_of_mean(f"{tag}/alpaca")]
+            errors = [mean_stderr(cells, tag + "/task/{task}", tasks), mean_stderr(cells, f"{tag}/alpaca", tasks)]
             if None not in errors:
                 spread = math.hypot(*errors)
                 gap = abs(tuned - alpaca) / spread
