@@ -253,12 +253,13 @@ def test_chunked_logit_distillation_matches_direct_value_and_gradients():
     s2, w2 = student.clone().requires_grad_(), weight.clone().requires_grad_()
     chunked = chunked_logit_distillation(s2, teacher, w2, 2 / 3, chunk=4)
     chunked.backward()
-    torch.testing.assert_close(chunked.double(), direct.double())
-    torch.testing.assert_close(s2.grad, s1.grad)
+    fp32 = {"rtol": 1e-5, "atol": 1e-6}  # both compute the softmaxes in float32, in a different order of operations
+    torch.testing.assert_close(chunked.double(), direct.double(), **fp32)
+    torch.testing.assert_close(s2.grad, s1.grad, **fp32)
     assert w2.grad is not None  # the teacher's logits are constants: only the student path differentiates W
     w3 = weight.clone().requires_grad_()
     (logit_distillation(student @ w3.T, (teacher @ weight.T).detach(), 2 / 3)).backward()
-    torch.testing.assert_close(w2.grad, w3.grad)
+    torch.testing.assert_close(w2.grad, w3.grad, **fp32)
 
 
 def test_layer_distillation_value_and_gradients():

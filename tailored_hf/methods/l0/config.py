@@ -127,10 +127,11 @@ class L0Config(MethodConfig):
         default=2.0 / 3.0, metadata={"help": "Softmax temperature of the logit distillation (NutePrune: 2/3)."}
     )
     distill_chunk_tokens: int = field(
-        default=1024,
+        default=256,
         metadata={
             "help": "Tokens per chunk of the logit distillation: student and teacher logits are computed (and "
-            "recomputed in the backward) this many tokens at a time, never as whole [tokens, vocab] tensors."
+            "their gradient formed) this many tokens at a time, never as whole [tokens, vocab] tensors; about three "
+            "[chunk, vocab] float32 buffers are live at once."
         },
     )
     task_loss_weight: float | None = field(

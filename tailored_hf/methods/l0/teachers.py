@@ -227,17 +227,20 @@ class _ChunkedLogitKL(torch.autograd.Function):
         scale = temperature / max(n, 1)
         with torch.no_grad():
             for start in range(0, n, chunk):
+                # At most three [chunk, vocab] buffers live at once: both log-softmaxes and p_teacher (in-place ops).
                 s = student[start : start + chunk]
-                log_ps = F.log_softmax((s @ weight.T).float() / temperature, dim=-1)
-                log_pt = F.log_softmax((teacher[start : start + chunk] @ weight.T).float() / temperature, dim=-1)
+                log_ps = _log_softmax_(s @ weight.T, temperature)
+                log_pt = _log_softmax_(teacher[start : start + chunk] @ weight.T, temperature)
                 p_t = log_pt.exp()
-                total += (p_t * (log_pt - log_ps)).sum()
+                total += log_pt.sub_(log_ps).mul_(p_t).sum()  # sum p_t (log p_t - log p_s); log_pt is spent
+                del log_pt
                 if want_student or want_weight:
-                    g = ((log_ps.exp() - p_t) * scale).to(weight.dtype)
+                    g = log_ps.exp_().sub_(p_t).mul_(scale).to(weight.dtype)
                     if want_student:
                         grad_student[start : start + chunk] = g @ weight
                     if want_weight:
                         grad_weight += g.T @ s
+                del log_ps, p_t
         ctx.save_for_backward(*(t for t in (grad_student, grad_weight) if t is not None))
         ctx.has = (want_student, want_weight)
         return total * temperature**2 / max(n, 1)
@@ -248,6 +251,12 @@ class _ChunkedLogitKL(torch.autograd.Function):
         grad_student = saved.pop(0) * grad_output if ctx.has[0] else None
         grad_weight = saved.pop(0) * grad_output if ctx.has[1] else None
         return grad_student, None, grad_weight, None, None
+
+
+def _log_softmax_(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """`log_softmax(logits / T)` in float32, overwriting `logits` when it already is float32 (no extra buffer)."""
+    logits = logits.float().div_(temperature)
+    return logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True))
 
 
 def chunked_logit_distillation(
