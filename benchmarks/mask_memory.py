@@ -3,8 +3,9 @@
 One LoRA training forward of SmolLM2-135M-Instruct on a real C4 window (NutePrune's training data), with soft (differentiable) masks
 on attention heads, FFN channels and hidden dims as L0 / NutePrune trains them, against the same forward without
 masks. Saved tensors are counted with `torch.autograd.graph.saved_tensors_hooks` (each storage once, parameters
-excluded), so the figures are exact bytes, free of allocator and timing noise. A reference row keeps the masked
-RMSNorms' intermediates (what `RuntimeMasks` did before it recomputed them in backward).
+excluded), so the figures are exact bytes, free of allocator and timing noise. Reference rows keep the masked
+RMSNorms' intermediates and the FFN product `act(gate) * up` (what `RuntimeMasks` did before it recomputed them in
+backward).
 
     .venv/bin/python benchmarks/mask_memory.py            # ~1 min; writes benchmarks/results/mask_memory.{json,md}
 """
@@ -71,6 +72,15 @@ def main() -> None:
                 return None
             return masked_rms_norm(hook_args[0], module.weight, self.hidden, module.variance_epsilon)
 
+    class StoredProductMasks(RuntimeMasks):
+        """The reference: a soft FFN mask multiplies the stored product `act(gate) * up` (kept for its gradient)."""
+
+        def _ffn_factor_hook(self, index, name):
+            return lambda module, hook_args, output: None
+
+    class StoredBothMasks(StoredNormMasks, StoredProductMasks):
+        """Both references at once."""
+
     torch.manual_seed(0)
     model, tokenizer = load_model(args.model)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=8, target_modules=args.lora_targets))
@@ -97,8 +107,9 @@ def main() -> None:
     for kind in setters:
         rows[f"+ {kind} mask"] = measure((kind,))
     rows["+ all three"] = measure(tuple(setters))
+    rows["+ ffn mask, storing the product"] = measure(("ffn",), StoredProductMasks)
     rows["+ hidden mask, norms storing intermediates"] = measure(("hidden",), StoredNormMasks)
-    rows["+ all three, norms storing intermediates"] = measure(tuple(setters), StoredNormMasks)
+    rows["+ all three, storing both"] = measure(tuple(setters), StoredBothMasks)
     base = rows["plain LoRA"]
     report = {
         "settings": {**vars(args), "tokens": int(input_ids.numel())},

@@ -35,6 +35,7 @@ class ArchSpec:
     gate_proj: str = "gate_proj"
     up_proj: str = "up_proj"
     down_proj: str = "down_proj"
+    act_fn: str = "act_fn"  # the MLP's activation module: down_proj(act_fn(gate_proj(x)) * up_proj(x))
     layer_norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
     # Biases: `None` means "read the config flag named in *_bias_flag"; a bool is fixed by the modeling code.
     qkv_bias: bool | None = None

@@ -6,7 +6,8 @@ masked model's logits equal those of the physically pruned model (`apply_plan`),
 Where each mask acts:
 
 * query heads of layer *i*: the input of `o_proj` (the concatenated head outputs), one value per head;
-* FFN channels: the input of `down_proj`;
+* FFN channels: the input of `down_proj`; a differentiable mask keeps `act_fn(gate_proj(x))` and `up_proj(x)` for
+  its gradient (saved by the stock product anyway), not the product itself (`_GatedProductMask`);
 * hidden channels: the residual stream (embedding output, `o_proj` / `down_proj` outputs) and every RMSNorm,
   which then normalises over the *kept* channels only, exactly as the sliced norm would;
 * whole layers: the decoder layer's output becomes `x + z * (layer(x) - x)`;
@@ -57,6 +58,8 @@ class RuntimeMasks:
         self.qk_pairs: dict[int, torch.Tensor] = {}
         self.v_dims: dict[int, torch.Tensor] = {}
         self._handles: list[Any] = []
+        # Per layer, this forward's `act_fn(gate_proj(x))` and `up_proj(x)`, held only while a soft FFN mask trains.
+        self._ffn_factors: dict[int, dict[str, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ values
     def set_heads(self, layer: int, mask: torch.Tensor | None) -> None:
@@ -143,6 +146,10 @@ class RuntimeMasks:
             )
             register(o_proj.register_forward_hook(self._mask_hidden_output))
             register(down_proj.register_forward_pre_hook(self._ffn_hook(index)))
+            for name in ("act", "up"):
+                factor = getattr(mlp, arch.act_fn if name == "act" else arch.up_proj, None)
+                if isinstance(factor, nn.Module):
+                    register(factor.register_forward_hook(self._ffn_factor_hook(index, name)))
             register(down_proj.register_forward_hook(self._mask_hidden_output))
             for norm in A.layer_norms(layer, arch):
                 register(norm.register_forward_hook(self._norm_hook))
@@ -154,6 +161,7 @@ class RuntimeMasks:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._ffn_factors.clear()
 
     def __enter__(self) -> RuntimeMasks:
         return self.attach()
@@ -162,6 +170,7 @@ class RuntimeMasks:
         self.detach()
 
     def _run_provider(self, module: nn.Module, args: Any) -> None:
+        self._ffn_factors.clear()  # nothing from an interrupted earlier forward survives into this one
         if self.provider is not None:
             self.provider(self)
 
@@ -193,11 +202,24 @@ class RuntimeMasks:
 
     def _ffn_hook(self, index: int) -> Callable:
         def hook(module: nn.Module, args: tuple) -> tuple | None:
-            mask = self.ffn.get(index)
+            mask, factors = self.ffn.get(index), self._ffn_factors.pop(index, None)
             if mask is None:
                 return None
             x = args[0]
-            return (x * mask.to(device=x.device, dtype=x.dtype), *args[1:])
+            mask = mask.to(device=x.device, dtype=x.dtype)
+            if factors is not None and len(factors) == 2 and _is_product_of(x, factors["act"], factors["up"]):
+                return (_GatedProductMask.apply(x, mask, factors["act"].detach(), factors["up"].detach()), *args[1:])
+            return (x * mask, *args[1:])
+
+        return hook
+
+    def _ffn_factor_hook(self, index: int, name: str) -> Callable:
+        """Remember `act_fn` / `up_proj` outputs of layer `index` while its FFN mask is being trained."""
+
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            mask = self.ffn.get(index)
+            if mask is not None and mask.requires_grad and torch.is_grad_enabled() and torch.is_tensor(output):
+                self._ffn_factors.setdefault(index, {})[name] = output
 
         return hook
 
@@ -231,6 +253,33 @@ class RuntimeMasks:
             return (mixed, *output[1:]) if isinstance(output, tuple) else mixed
 
         return hook
+
+
+class _GatedProductMask(torch.autograd.Function):
+    """`x * mask` where `x = act * up` (the FFN's gated product): the backward needs `x` for the mask's gradient, so
+    the plain product would keep a `[tokens, intermediate]` tensor more; this keeps `act` and `up` instead, which
+    the stock `act * up` saves for its own backward (same storages, no extra bytes), and recomputes `x` there."""
+
+    @staticmethod
+    def forward(ctx, x, mask, act, up):  # noqa: D102
+        ctx.save_for_backward(mask, act, up)
+        return x * mask
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        mask, act, up = ctx.saved_tensors
+        grad_x = grad * mask if ctx.needs_input_grad[0] else None
+        grad_mask = (grad * (act * up)).sum_to_size(mask.shape) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_mask, None, None
+
+
+def _is_product_of(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether autograd recorded `x` as the elementwise product of `a` and `b` (so `x` can be recomputed from them)."""
+    node = x.grad_fn
+    if node is None or node.name() != "MulBackward0" or not (x.shape == a.shape == b.shape):
+        return False
+    parents = [fn for fn, _ in node.next_functions]  # held, so that `a.grad_fn` returns these very node objects
+    return a.grad_fn is not None and b.grad_fn is not None and {id(a.grad_fn), id(b.grad_fn)} == set(map(id, parents))
 
 
 def masked_rms_norm(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, eps: float) -> torch.Tensor:

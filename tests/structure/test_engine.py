@@ -77,9 +77,10 @@ def test_masked_forward_equals_pruned_forward(tiny_model, seed, drop_layer):
     torch.testing.assert_close(pruned, masked, atol=TOL, rtol=TOL)
 
 
-def _soft_mask_step(model, ids, checkpointed: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Loss, hidden-mask gradient and bytes saved for backward (parameters excluded) of one forward with a soft
-    hidden-dim mask, with the masked norms recomputed in backward or (reference) kept."""
+def _soft_mask_step(model, ids, kind: str, reference: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Loss, mask gradient, the first gate_proj's weight gradient and bytes saved for backward (parameters excluded) of one forward with a soft `kind`
+    ("hidden" or "ffn") mask. The reference keeps every intermediate: the masked norms' (hidden) or the FFN
+    product's (ffn), as a plain `x * mask` would."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: set[int] = set()
 
@@ -91,28 +92,43 @@ def _soft_mask_step(model, ids, checkpointed: bool) -> tuple[torch.Tensor, torch
         return t
 
     pack.nbytes = 0
-    logit = torch.linspace(-2.0, 2.0, model.config.hidden_size).requires_grad_()
     masks = RuntimeMasks(model)
-    if not checkpointed:  # the reference keeps every intermediate of the masked norms
-        masks._norm_hook = lambda module, args, output: masked_rms_norm(
-            args[0], module.weight, masks.hidden, module.variance_epsilon
-        )
+    if kind == "hidden":
+        logit = torch.linspace(-2.0, 2.0, model.config.hidden_size).requires_grad_()
+        if reference:
+            masks._norm_hook = lambda module, args, output: masked_rms_norm(
+                args[0], module.weight, masks.hidden, module.variance_epsilon
+            )
+    else:
+        logit = torch.linspace(-2.0, 2.0, model.config.intermediate_size).requires_grad_()
+        if reference:  # the gated-product factors are never captured: the hook falls back to a plain product
+            masks._ffn_factor_hook = lambda index, name: lambda module, args, output: None
     with masks, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        masks.set_hidden(torch.sigmoid(logit))
+        if kind == "hidden":
+            masks.set_hidden(torch.sigmoid(logit))
+        else:
+            for layer in range(model.config.num_hidden_layers):
+                masks.set_ffn(layer, torch.sigmoid(logit))
         loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
-    return loss.detach(), logit.grad, pack.nbytes
+    return loss.detach(), logit.grad, model.model.layers[0].mlp.gate_proj.weight.grad.clone(), pack.nbytes
 
 
-def test_soft_hidden_mask_norms_are_recomputed_not_stored(tiny_model):
-    """Checkpointing the masked RMSNorms gives the same loss and mask gradient and saves fewer bytes."""
+@pytest.mark.parametrize("kind", ["hidden", "ffn"])
+def test_soft_masks_recompute_instead_of_storing(tiny_model, kind):
+    """Soft hidden masks recompute the masked RMSNorms in backward; soft FFN masks keep act(gate) and up (saved by
+    the stock product anyway) instead of their product: same loss and mask gradient, fewer bytes kept."""
     ids = input_batch()
-    loss, grad, nbytes = _soft_mask_step(tiny_model, ids, checkpointed=True)
+    loss, grad, weight_grad, nbytes = _soft_mask_step(tiny_model, ids, kind, reference=False)
     tiny_model.zero_grad()
-    ref_loss, ref_grad, ref_nbytes = _soft_mask_step(tiny_model, ids, checkpointed=False)
+    ref_loss, ref_grad, ref_weight_grad, ref_nbytes = _soft_mask_step(tiny_model, ids, kind, reference=True)
     torch.testing.assert_close(loss, ref_loss, atol=0, rtol=0)
     torch.testing.assert_close(grad, ref_grad, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(weight_grad, ref_weight_grad, atol=1e-6, rtol=1e-5)
     assert nbytes < ref_nbytes
+    if kind == "ffn":  # exactly one [batch, seq, intermediate] product per layer less
+        per_layer = ids.numel() * tiny_model.config.intermediate_size * 4
+        assert ref_nbytes - nbytes == per_layer * tiny_model.config.num_hidden_layers
 
 
 def test_empty_plan_is_identity(tiny_model):
