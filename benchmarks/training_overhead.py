@@ -20,6 +20,12 @@ process-wide high-water mark, read at the last step's end, before `on_train_end`
 interleaved over `--rounds` rounds so drift of this VM's speed hits all of them alike; the median step per kind is
 reported, with peak RSS. Floors are timed in the `lora` subprocess.
 
+Whole-step ratios carry this VM's run-to-run noise (about 15%), too coarse for a 0% target. So each kind with a
+callback also reports the direct per-step cost of the method: the wall time spent inside `PrunerCallback`'s event
+handlers during the training steps, divided by the steps, and the forward hooks installed on the model while it
+trains (for `depgraph` both are the method's whole per-step work: after pruning it trains the very model of
+`lora_pruned`).
+
     .venv/bin/python benchmarks/training_overhead.py     # ~15 minutes on 2 quiet cores
 
 Writes `benchmarks/results/training_overhead.{json,md}`.
@@ -77,12 +83,13 @@ def peak_rss_mib() -> float:
 class StepTimer:
     """Times the interval between consecutive `on_step_end` events (install it as the last callback)."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: torch.nn.Module) -> None:
         from transformers import TrainerCallback
 
         timer = self
         self.times: list[float] = []
         self.step_rss_mib = 0.0
+        self.hooks_while_training = 0
         self._last: float | None = None
 
         class Callback(TrainerCallback):
@@ -94,9 +101,43 @@ class StepTimer:
                 if timer._last is not None:
                     timer.times.append(now - timer._last)
                 timer.step_rss_mib = peak_rss_mib()  # the high-water mark of the steps, before on_train_end prunes
+                timer.hooks_while_training = count_forward_hooks(model)
                 timer._last = now
 
         self.callback = Callback()
+
+
+class HandlerClock:
+    """Times every `on_*` event handler of one callback instance (wall clock; `on_init_end`, `on_train_begin` and
+    `on_train_end` are set-up and tear-down, outside the training steps, and counted apart)."""
+
+    SETUP_EVENTS = ("on_init_end", "on_train_begin", "on_train_end")
+
+    def __init__(self, callback: Any) -> None:
+        self.step_seconds = 0.0
+        self.setup_seconds = 0.0
+        for name in dir(callback):
+            if name.startswith("on_") and callable(getattr(callback, name)):
+                setattr(callback, name, self._timed(name, getattr(callback, name)))
+
+    def _timed(self, name: str, handler: Any) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return handler(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - start
+                if name in self.SETUP_EVENTS:
+                    self.setup_seconds += elapsed
+                else:
+                    self.step_seconds += elapsed
+
+        return timed
+
+
+def count_forward_hooks(model: torch.nn.Module) -> int:
+    """Forward and forward-pre hooks on every module of `model`."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
 def batches(tokenizer, args: argparse.Namespace, n_rows: int, seed_offset: int = 0) -> torch.Tensor:
@@ -167,10 +208,12 @@ def worker(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     ids = batches(tokenizer, args, total_steps * args.batch_size)
     rows = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
     callbacks: list = []
+    clock = None
     if kind not in ("lora", "lora_pruned"):
         calibration = batches(tokenizer, args, 8 * args.batch_size, seed_offset=1) if kind.startswith("atp") else None
         callbacks.append(PrunerCallback(method_config(kind, args, total_steps), calibration=calibration))
-    timer = StepTimer()
+        clock = HandlerClock(callbacks[-1])  # before the Trainer exists: on_init_end is timed as well
+    timer = StepTimer(model)
     callbacks.append(timer.callback)
     training_args = TrainingArguments(
         output_dir=str(SCRATCH / kind),
@@ -200,7 +243,11 @@ def worker(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         "peak_rss_mib_with_train_end": peak_rss_mib(),
         "peak_rss_mib_before_training": rss_before,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "forward_hooks_while_training": timer.hooks_while_training,
     }
+    if clock is not None:
+        result["callback_seconds_per_step"] = clock.step_seconds / total_steps
+        result["callback_setup_seconds"] = clock.setup_seconds
     if kind == "lora":
         model.train()
         result["floors"] = timed_floors(model, ids[: args.batch_size], args.steps)
@@ -230,6 +277,14 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "peak_rss_mib": max(run["peak_rss_mib"] for run in runs[kind]),
             "reference": reference,
         }
+        hooks = [run["forward_hooks_while_training"] for run in runs[kind] if "forward_hooks_while_training" in run]
+        if hooks:
+            row["forward_hooks_while_training"] = max(hooks)
+        per_step = [run["callback_seconds_per_step"] for run in runs[kind] if "callback_seconds_per_step" in run]
+        if per_step:
+            row["callback_seconds_per_step"] = statistics.median(per_step)
+            if reference in median:
+                row["callback_share_of_reference_step"] = row["callback_seconds_per_step"] / median[reference]
         if reference in median and kind != reference:
             row["ratio"] = median[kind] / median[reference]
             row["overhead_seconds"] = median[kind] - median[reference]
@@ -268,6 +323,23 @@ def render(report: dict[str, Any]) -> str:
             f"| `{kind}` | {row['median_step_seconds']:.2f} | {reference} | {ratio} | {target} | {overhead} | "
             f"{floor} | {over_floor} | {row['peak_rss_mib']:.0f} |"
         )
+    direct = {k: r for k, r in report["summary"]["kinds"].items() if "callback_seconds_per_step" in r}
+    if direct:
+        lines += [
+            "",
+            "Direct per-step cost of each method, free of the VM's step-to-step noise: wall time inside "
+            "`PrunerCallback`'s event handlers per training step (its share of the reference step), and forward "
+            "hooks on the model while it trains (mask hooks run inside the forward, so they count in the ratio above, "
+            "not here).",
+            "",
+            "| step | callback ms / step | share of reference step | forward hooks while training |",
+            "|---|---|---|---|",
+            *(
+                f"| `{k}` | {1e3 * r['callback_seconds_per_step']:.2f} | "
+                f"{r.get('callback_share_of_reference_step', float('nan')):.4%} | {r['forward_hooks_while_training']} |"
+                for k, r in direct.items()
+            ),
+        ]
     if floors:
         lines += [
             "",

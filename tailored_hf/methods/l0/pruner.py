@@ -374,7 +374,12 @@ class L0Pruner(PruningMethod):
             self.runtime.clear()
             for module, flag in flags:
                 module.training = flag
-        layers = tuple(capture["layers"]) if self.wants_hidden_states else None
+        layers = None
+        if self.wants_hidden_states:
+            # One contiguous block instead of a per-layer tensor each: the student's forward then runs in a heap
+            # not fragmented by teacher tensors scattered between freed teacher temporaries.
+            layers = tuple(torch.stack(capture["layers"]).unbind(0)) if capture["layers"] else ()
+            capture["layers"].clear()
         return {
             "selection": selection,
             "layer_selection": layer_selection,
