@@ -108,13 +108,14 @@ class StepTimer:
 
 
 class HandlerClock:
-    """Times every `on_*` event handler of one callback instance (wall clock; `on_init_end`, `on_train_begin` and
-    `on_train_end` are set-up and tear-down, outside the training steps, and counted apart)."""
+    """Times every `on_*` event handler of one callback instance (wall clock), per training step: events from one
+    `on_step_begin` to the next belong to that step; `on_init_end`, `on_train_begin` and `on_train_end` are set-up
+    and tear-down, outside the steps, and counted apart."""
 
     SETUP_EVENTS = ("on_init_end", "on_train_begin", "on_train_end")
 
     def __init__(self, callback: Any) -> None:
-        self.step_seconds = 0.0
+        self.per_step: list[float] = []  # handler seconds of step 1, 2, ...
         self.setup_seconds = 0.0
         for name in dir(callback):
             if name.startswith("on_") and callable(getattr(callback, name)):
@@ -122,15 +123,17 @@ class HandlerClock:
 
     def _timed(self, name: str, handler: Any) -> Any:
         def timed(*args: Any, **kwargs: Any) -> Any:
+            if name == "on_step_begin":
+                self.per_step.append(0.0)
             start = time.perf_counter()
             try:
                 return handler(*args, **kwargs)
             finally:
                 elapsed = time.perf_counter() - start
-                if name in self.SETUP_EVENTS:
+                if name in self.SETUP_EVENTS or not self.per_step:
                     self.setup_seconds += elapsed
                 else:
-                    self.step_seconds += elapsed
+                    self.per_step[-1] += elapsed
 
         return timed
 
@@ -246,7 +249,9 @@ def worker(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         "forward_hooks_while_training": timer.hooks_while_training,
     }
     if clock is not None:
-        result["callback_seconds_per_step"] = clock.step_seconds / total_steps
+        # The steps the timer measures: each interval between consecutive on_step_end events, after the warm-up.
+        result["callback_step_seconds"] = clock.per_step[1 + args.warmup_steps :]
+        result["callback_seconds_per_step"] = statistics.median(result["callback_step_seconds"])
         result["callback_setup_seconds"] = clock.setup_seconds
     if kind == "lora":
         model.train()
@@ -327,8 +332,8 @@ def render(report: dict[str, Any]) -> str:
     if direct:
         lines += [
             "",
-            "Direct per-step cost of each method, free of the VM's step-to-step noise: wall time inside "
-            "`PrunerCallback`'s event handlers per training step (its share of the reference step), and forward "
+            "Direct per-step cost of each method, free of the VM's step-to-step noise: median wall time inside "
+            "`PrunerCallback`'s event handlers per timed training step (its share of the reference step), and forward "
             "hooks on the model while it trains (mask hooks run inside the forward, so they count in the ratio above, "
             "not here).",
             "",
