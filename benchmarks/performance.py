@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,9 +57,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.5])
     parser.add_argument("--prefill-tokens", type=int, default=512)
     parser.add_argument("--decode-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds (the best is kept)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=9,
+        help="interleaved timing rounds: ratios are paired within a round, their median and range reported",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the importance workers")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument(
+        "--skip-importance",
+        action="store_true",
+        help="keep the importance-pass figures of the existing report at --out",
+    )
     parser.add_argument("--importance-worker", choices=IMPORTANCE_VARIANTS, help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -198,31 +209,47 @@ def measure_inference(args: argparse.Namespace) -> dict[str, Any]:
                     ),
                     "checkpoint_bytes": (out / "model.safetensors").stat().st_size,
                 }
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in models}
     for _ in range(args.repeats):  # round-robin, so that drifts in machine speed hit every model alike
         for name, model in models.items():
-            timing = speed_once(model, args)
-            for key, value in timing.items():
-                rows[name][key] = max(rows[name].get(key, 0.0), value)
+            rounds[name].append(speed_once(model, args))
     base = rows["dense"]
-    for row in rows.values():
+    for name, row in rows.items():
+        row["rounds"] = rounds[name]
+        for kind in ("prefill", "decode"):
+            row[f"{kind}_tok_s"] = max(r[f"{kind}_tok_s"] for r in rounds[name])  # best of the rounds
+    for name, row in rows.items():
         ideal = base["params"] / row["params"]
         row["ideal_speedup"] = ideal
         for kind in ("prefill", "decode"):
-            speedup = row[f"{kind}_tok_s"] / base[f"{kind}_tok_s"]
-            row[f"{kind}_speedup"] = speedup
-            row[f"{kind}_fraction_of_ideal"] = (speedup - 1) / (ideal - 1) if ideal > 1 else None
+            # Paired within each round (same minute of this VM), then the median over rounds.
+            paired = [r[f"{kind}_tok_s"] / d[f"{kind}_tok_s"] for r, d in zip(rounds[name], rounds["dense"])]
+            row[f"{kind}_speedup"] = statistics.median(paired)
+            row[f"{kind}_speedup_range"] = [min(paired), max(paired)]
+            row[f"{kind}_fraction_of_ideal"] = (row[f"{kind}_speedup"] - 1) / (ideal - 1) if ideal > 1 else None
         row["bytes_per_param"] = row["checkpoint_bytes"] / row["params"]
     for ratio in args.ratios:
-        uniform = rows[f"uniform {ratio:.0%}"]
-        for hetero in (rows[f"heterogeneous {ratio:.0%}"], rows[f"heterogeneous, round_to 32 {ratio:.0%}"]):
-            for kind in ("prefill", "decode"):  # tokens/s x params: throughput per unit of work
-                hetero[f"{kind}_per_param_vs_uniform"] = (hetero[f"{kind}_tok_s"] * hetero["params"]) / (
-                    uniform[f"{kind}_tok_s"] * uniform["params"]
-                )
+        uniform_name = f"uniform {ratio:.0%}"
+        uniform = rows[uniform_name]
+        for name in (f"heterogeneous {ratio:.0%}", f"heterogeneous, round_to 32 {ratio:.0%}"):
+            hetero = rows[name]
+            for kind in ("prefill", "decode"):  # tokens/s x params: throughput per unit of work, paired per round
+                paired = [
+                    (h[f"{kind}_tok_s"] * hetero["params"]) / (u[f"{kind}_tok_s"] * uniform["params"])
+                    for h, u in zip(rounds[name], rounds[uniform_name])
+                ]
+                hetero[f"{kind}_per_param_vs_uniform"] = statistics.median(paired)
+                hetero[f"{kind}_per_param_vs_uniform_range"] = [min(paired), max(paired)]
     return rows
 
 
 # ------------------------------------------------------------------------------------------------ report
+def spread(row: dict[str, Any], key: str) -> str:
+    """`median [min-max]` of a paired ratio (just the value for reports written before ranges were kept)."""
+    low_high = row.get(f"{key}_range")
+    return f"{row[key]:.2f}" if low_high is None else f"{row[key]:.2f} [{low_high[0]:.2f}-{low_high[1]:.2f}]"
+
+
 def render(report: dict[str, Any]) -> str:
     imp = report["importance"]
     ratios = imp["ratios"]
@@ -253,31 +280,33 @@ def render(report: dict[str, Any]) -> str:
         f"{'met' if m <= TARGET_MEMORY_RATIO else 'missed'}); naive / floor = {ratios['naive_memory_vs_floor']:.2f}",
         "",
         f"## Inference (prefill 1 x {report['prefill_tokens']} tokens; greedy decode of {report['decode_tokens']} "
-        "tokens after 32, KV cache; best of "
-        f"{report['repeats']} interleaved rounds)",
+        f"tokens after 32, KV cache; {report['repeats']} interleaved rounds: tok/s is the best round, speed-ups "
+        "are ratios to dense within each round, median over rounds [min-max])",
         "",
-        "| model | params | type | hooks | prefill tok/s | decode tok/s | ideal speed-up | prefill: share of ideal "
-        "| decode: share of ideal | checkpoint MiB | bytes/param |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | params | type | hooks | prefill tok/s | decode tok/s | ideal speed-up | prefill speed-up "
+        "| decode speed-up | prefill: share of ideal | decode: share of ideal | checkpoint MiB | bytes/param |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in report["inference"].items():
         share = lambda v: "—" if v is None else f"{100 * v:.0f}%"  # noqa: E731
         lines.append(
             f"| {name} | {row['params']:,} | {row.get('model_type', 'llama')} | {row.get('forward_hooks', 0)} "
             f"| {row['prefill_tok_s']:.0f} | {row['decode_tok_s']:.1f} | {row['ideal_speedup']:.2f}x "
+            f"| {spread(row, 'prefill_speedup')} | {spread(row, 'decode_speedup')} "
             f"| {share(row['prefill_fraction_of_ideal'])} | {share(row['decode_fraction_of_ideal'])} "
             f"| {row['checkpoint_bytes'] / 2**20:.1f} | {row['bytes_per_param']:.3f} |"
         )
     lines += [
         "",
-        "Heterogeneous vs uniform at the same ratio, throughput per parameter (1.00 = same speed per FLOP):",
+        "Heterogeneous vs uniform at the same ratio, throughput per parameter (1.00 = same speed per FLOP; paired "
+        "within each round, median [min-max]):",
         "",
     ]
     for name, row in report["inference"].items():
         if "prefill_per_param_vs_uniform" in row:
             lines.append(
-                f"- {name}: prefill {row['prefill_per_param_vs_uniform']:.2f}, "
-                f"decode {row['decode_per_param_vs_uniform']:.2f}"
+                f"- {name}: prefill {spread(row, 'prefill_per_param_vs_uniform')}, "
+                f"decode {spread(row, 'decode_per_param_vs_uniform')}"
             )
     lines += [
         "",
@@ -288,6 +317,16 @@ def render(report: dict[str, Any]) -> str:
         f"{report['environment']['threads']} threads.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def previous_importance(args: argparse.Namespace) -> dict[str, Any]:
+    """The importance-pass section of the report already at `--out` (for `--skip-importance`)."""
+    path = Path(args.out).with_suffix(".json")
+    if not path.is_file():
+        raise SystemExit(f"--skip-importance needs an earlier report at {path}")
+    previous = json.loads(path.read_text())
+    args.rounds = previous["rounds"]
+    return previous["importance"]
 
 
 def main() -> None:
@@ -303,7 +342,7 @@ def main() -> None:
         "decode_tokens": args.decode_tokens,
         "repeats": args.repeats,
         "rounds": args.rounds,
-        "importance": measure_importance(args),
+        "importance": previous_importance(args) if args.skip_importance else measure_importance(args),
         "inference": measure_inference(args),
         "environment": {
             "torch": torch.__version__,
