@@ -221,8 +221,9 @@ def inference_section(perf: dict[str, Any] | None) -> list[str]:
     speed = (
         "- Heterogeneous no slower per parameter than stock Llama (uniform): "
         + "; ".join(verdicts)
-        + ". (Faster: the whole range over rounds above 1.00; tie: the range spans 1.00, no slower beyond this "
-        "VM's noise; slower: the whole range below 1.00.)"
+        + ". (Faster: the whole range over rounds above 1.00; tie: the range spans 1.00, i.e. no slower beyond "
+        "this VM's noise, which is as wide as the ranges show, so smaller differences stay unresolved; slower: the "
+        "whole range below 1.00.)"
         if verdicts
         else "- Speed-ups: not resolved on this VM (see source); heterogeneous per-parameter ratios are within its noise."
     )
