@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from training_overhead import count_forward_hooks
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
@@ -204,9 +205,7 @@ def measure_inference(args: argparse.Namespace) -> dict[str, Any]:
                 rows[name] = {
                     "params": count_parameters(models[name]),
                     "model_type": models[name].config.model_type,
-                    "forward_hooks": sum(
-                        len(m._forward_hooks) + len(m._forward_pre_hooks) for m in models[name].modules()
-                    ),
+                    "forward_hooks": count_forward_hooks(models[name]),
                     "checkpoint_bytes": (out / "model.safetensors").stat().st_size,
                 }
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in models}
@@ -319,14 +318,12 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def previous_importance(args: argparse.Namespace) -> dict[str, Any]:
-    """The importance-pass section of the report already at `--out` (for `--skip-importance`)."""
+def previous_report(args: argparse.Namespace) -> dict[str, Any]:
+    """The report already at `--out`, whose importance-pass figures `--skip-importance` keeps."""
     path = Path(args.out).with_suffix(".json")
     if not path.is_file():
         raise SystemExit(f"--skip-importance needs an earlier report at {path}")
-    previous = json.loads(path.read_text())
-    args.rounds = previous["rounds"]
-    return previous["importance"]
+    return json.loads(path.read_text())
 
 
 def main() -> None:
@@ -334,6 +331,7 @@ def main() -> None:
     if args.importance_worker:
         importance_worker(args)
         return
+    previous = previous_report(args) if args.skip_importance else None
     report = {
         "model": args.model,
         "samples": args.samples,
@@ -341,8 +339,8 @@ def main() -> None:
         "prefill_tokens": args.prefill_tokens,
         "decode_tokens": args.decode_tokens,
         "repeats": args.repeats,
-        "rounds": args.rounds,
-        "importance": previous_importance(args) if args.skip_importance else measure_importance(args),
+        "rounds": previous["rounds"] if previous else args.rounds,
+        "importance": previous["importance"] if previous else measure_importance(args),
         "inference": measure_inference(args),
         "environment": {
             "torch": torch.__version__,

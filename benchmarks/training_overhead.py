@@ -21,9 +21,8 @@ interleaved over `--rounds` rounds so drift of this VM's speed hits all of them 
 reported, with peak RSS. Floors are timed in the `lora` subprocess.
 
 Whole-step ratios carry this VM's run-to-run noise (about 15%), too coarse for a 0% target. So each kind with a
-callback also reports the direct per-step cost of the method: the wall time spent inside `PrunerCallback`'s event
-handlers during the training steps, divided by the steps, and the forward hooks installed on the model while it
-trains (for `depgraph` both are the method's whole per-step work: after pruning it trains the very model of
+callback also reports the direct per-step cost of the method: the median wall time spent inside `PrunerCallback`'s
+event handlers per timed training step, and the forward hooks installed on the model while it trains (for `depgraph` both are the method's whole per-step work: after pruning it trains the very model of
 `lora_pruned`).
 
     .venv/bin/python benchmarks/training_overhead.py     # ~15 minutes on 2 quiet cores
