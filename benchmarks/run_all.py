@@ -89,7 +89,8 @@ def importance_section(perf: dict[str, Any] | None) -> list[str]:
         f"| peak memory increase: naive (LLM-Pruner, full gradients) / floor | "
         f"{ratios['naive_memory_vs_floor']:.2f}x | (reference) | — |",
         "",
-        f"Seconds: ours {imp['ours']['seconds']:.1f}, plain {imp['plain']['seconds']:.1f}; MiB: ours "
+        f"Seconds: ours {imp['ours']['seconds']:.1f}, plain {imp['plain']['seconds']:.1f}, grad-free floor "
+        f"{imp['floor']['seconds']:.1f} (ours computes gradients only for parameters inside scored groups); MiB: ours "
         f"{imp['ours']['peak_increase_mib']:.0f}, floor {imp['floor']['peak_increase_mib']:.0f}, naive "
         f"{imp['naive']['peak_increase_mib']:.0f}. Source: `benchmarks/results/performance.md`.",
         "",
