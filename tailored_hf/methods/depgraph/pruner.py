@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -187,7 +188,10 @@ class DepGraphPruner:
         dense = geometry.num_parameters()
         head_options = {i: self._head_options(geometry, i) for i in prunable} if cfg.prune_heads else {}
 
-        def sizes_for(fraction: float) -> tuple[list[_LayerSizes], int]:
+        def sizes_for(fraction: float, head_fraction: float | None = None) -> tuple[list[_LayerSizes], int]:
+            """Every unprotected layer loses `fraction` of its channels and `head_fraction` (default: the same) of
+            its attention parameters, as the nearest GQA-consistent head count."""
+            head_fraction = fraction if head_fraction is None else head_fraction
             sizes = self._dense_sizes(geometry)
             for index in prunable:
                 geo = geometry.layers[index]
@@ -197,7 +201,7 @@ class DepGraphPruner:
                     )
                 if cfg.prune_heads:
                     options, full = head_options[index]
-                    goal = (1 - fraction) * full
+                    goal = (1 - head_fraction) * full
                     _, (k, m) = min(options, key=lambda o: (abs(o[0] - goal), -o[0], -o[1][0]))
                     sizes[index].heads, sizes[index].kv_heads = k * m, k
             hidden = geometry.hidden_size
@@ -205,23 +209,15 @@ class DepGraphPruner:
                 hidden = _round_keep(geometry.hidden_size * (1 - fraction), geometry.hidden_size, cfg.round_to)
             return sizes, hidden
 
-        def sparsity(fraction: float) -> float:
-            return 1.0 - _count(geometry, *sizes_for(fraction)) / dense
-
-        low, high = 0.0, 1.0
-        best, best_gap = 0.0, abs(sparsity(0.0) - cfg.target_sparsity)
-        for _ in range(MAX_BISECTION_STEPS):
-            mid = (low + high) / 2
-            value = sparsity(mid)
-            if abs(value - cfg.target_sparsity) < best_gap:
-                best, best_gap = mid, abs(value - cfg.target_sparsity)
-            if value < cfg.target_sparsity:
-                low = mid
-            else:
-                high = mid
-        for candidate in (high, 1.0):
-            if abs(sparsity(candidate) - cfg.target_sparsity) < best_gap:
-                best, best_gap = candidate, abs(sparsity(candidate) - cfg.target_sparsity)
+        best, gap = _bisect(lambda f: 1.0 - _count(geometry, *sizes_for(f)) / dense, cfg.target_sparsity)
+        if gap > TOLERANCE and cfg.prune_heads and (cfg.prune_ffn or cfg.prune_hidden):
+            # A head is a large unit: one head fewer in every layer moves a small model by 1-2 points. Keep the head
+            # counts of the common fraction and let the channel fraction alone absorb that step.
+            channels, channel_gap = _bisect(
+                lambda f: 1.0 - _count(geometry, *sizes_for(f, best)) / dense, cfg.target_sparsity
+            )
+            if channel_gap < gap:
+                return sizes_for(channels, best)
         return sizes_for(best)
 
     def _head_options(self, geometry: ModelGeometry, index: int) -> tuple[list[tuple[int, tuple[int, int]]], int]:
@@ -385,3 +381,22 @@ def _attention_params(geometry: ModelGeometry, index: int, heads: int, kv_heads:
     with_attention = _layer_count(geometry, index, _LayerSizes(heads, kv_heads, geo.intermediate_size), None)
     without = _layer_count(geometry, index, _LayerSizes(0, 0, geo.intermediate_size), None)
     return with_attention - without
+
+
+def _bisect(sparsity: Callable[[float], float], target: float) -> tuple[float, float]:
+    """The fraction in [0, 1] whose (non-decreasing, stepwise) `sparsity` is closest to `target`, and its gap."""
+    low, high = 0.0, 1.0
+    best, best_gap = 0.0, abs(sparsity(0.0) - target)
+    for _ in range(MAX_BISECTION_STEPS):
+        mid = (low + high) / 2
+        value = sparsity(mid)
+        if abs(value - target) < best_gap:
+            best, best_gap = mid, abs(value - target)
+        if value < target:
+            low = mid
+        else:
+            high = mid
+    for candidate in (high, 1.0):
+        if abs(sparsity(candidate) - target) < best_gap:
+            best, best_gap = candidate, abs(sparsity(candidate) - target)
+    return best, best_gap
