@@ -9,7 +9,9 @@ perplexity (LLM-Pruner protocol, a capped number of 128-token windows).
 Recovery follows the paper: LoRA r=8 on all projections, lr 1e-4, 3 epochs, AdamW, completion-only loss; batch 8
 (the paper's 64 would make 50 shots a single step per epoch). The task-specific prompt is the task's own lm-eval
 format (the same format is scored); generic tuning uses the Alpaca template on 7*K Alpaca rows (the same number of
-examples as the seven task adapters together). Cells are cached in the JSON so an interrupted run resumes.
+examples as the seven task adapters together). Our pass also runs in the configurations of `EXTRA_CONFIGS` (hidden
+channels pruned too), without tuning and with the task adapters, at every ratio. Cells are cached in the JSON so an
+interrupted run resumes.
 
     .venv/bin/python benchmarks/tailored_llama.py                      # full report (~3 h on 2 quiet cores; resumes)
     .venv/bin/python benchmarks/tailored_llama.py --report-only        # Markdown from the cells cached so far
@@ -46,8 +48,14 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 CHANCE = {"boolq": 0.5, "piqa": 0.5, "winogrande": 0.5, "hellaswag": 0.25, "arc_easy": 0.25}
 CHANCE |= {"arc_challenge": 0.25, "openbookqa": 0.25}
 NEAR_CHANCE = 0.02
-#: Command-line options that do not change any cell (the rest must match the cache's settings to reuse it).
-RUN_OPTIONS = ("out", "report_only")
+#: Our pass in other configurations than the paper's, evaluated beside it at every ratio (no tune and task LoRA;
+#: cells `{ratio}/<name>/...`). "hidden": hidden (residual-stream) channels pruned too, as Torch-Pruning's LLM example
+#: does, which spreads the removal over the embedding and every layer instead of the unprotected layers' blocks.
+EXTRA_CONFIGS: dict[str, dict[str, Any]] = {"hidden": {"prune_hidden": True}}
+EXTRA_LABELS = {"hidden": "hidden channels pruned too"}
+#: Command-line options that do not change any cell (the rest must match the cache's settings to reuse it);
+#: `extra_configs` only adds cells under their own keys.
+RUN_OPTIONS = ("out", "report_only", "extra_configs")
 PER_TASK_MODELS = "n/a (one adapter per task)"  # task-LoRA rows: no single model to take a perplexity of
 
 logger = logging.getLogger("tailored_llama")
@@ -72,6 +80,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--report-only", action="store_true", help="render the Markdown from the cached cells only")
+    parser.add_argument(
+        "--extra-configs",
+        nargs="*",
+        choices=sorted(EXTRA_CONFIGS),
+        default=sorted(EXTRA_CONFIGS),
+        help="configurations of our pass run beside the paper's (no tune and task LoRA, every ratio)",
+    )
     return parser.parse_args()
 
 
@@ -163,8 +178,9 @@ class Bench:
         merged = trainer.model.merge_and_unload()
         return merged, {"train_loss": result.training_loss, "steps": result.global_step}
 
-    def pruned(self, ratio: float):
-        config = DepGraphConfig(target_sparsity=ratio, seed=self.args.seed)
+    def pruned(self, ratio: float, **overrides: Any):
+        """A pruned copy of the dense model at `ratio` and its plan; `overrides` change the paper's configuration."""
+        config = DepGraphConfig(target_sparsity=ratio, seed=self.args.seed, **overrides)
         calibration = calibration_batches(
             self.tokenizer,
             source=config.calibration_source,
@@ -230,6 +246,28 @@ def main() -> None:
                         shots = bench.shots(args.ablation_task, k)
                         bench.tuned_cell(model, f"{tag}/k{k}/{args.ablation_task}", shots, [args.ablation_task])
             del model
+    # Extra configurations: every no-tune cell first (minutes), then the task adapters, larger ratios first (where
+    # the configurations differ most; the cache makes an interrupted run resume).
+    for name in args.extra_configs:
+        for tuned in (False, True):
+            for ratio in sorted(args.ratios, reverse=tuned):
+                prefix = f"{ratio:.0%}/{name}"
+                keys = [f"{prefix}/task/{t}" for t in tasks] if tuned else [f"{prefix}/pruned"]
+                if all(key in bench.data["cells"] for key in keys) and prefix in bench.data.get("params", {}):
+                    continue
+                model, plan = bench.pruned(ratio, **EXTRA_CONFIGS[name])
+                bench.data.setdefault("params", {})[prefix] = {
+                    "dense": dense_params,
+                    "pruned": count_parameters(model),
+                    "achieved": 1 - count_parameters(model) / dense_params,
+                    "per_layer": plan.per_layer_sizes(),
+                    "config": EXTRA_CONFIGS[name],
+                }
+                if not tuned:
+                    bench.cell(f"{prefix}/pruned", lambda model=model: bench.evaluate(model, tasks))
+                for task in tasks if tuned else []:
+                    bench.tuned_cell(model, f"{prefix}/task/{task}", bench.shots(task, args.k), [task])
+                del model
     bench.data["environment"] = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -307,6 +345,18 @@ def render(data: dict[str, Any]) -> str:
         lines.append(
             row(f"pruned + task LoRA (K={s['k']})", [score(f"{tag}/task/{t}", t) for t in tasks], PER_TASK_MODELS)
         )
+        for name in extra_configs([*data["cells"], *data.get("params", {})], tag):
+            prefix, label = f"{tag}/{name}", EXTRA_LABELS.get(name, name)
+            extra = data["params"].get(prefix)
+            size = f" ({extra['achieved']:.1%} removed)" if extra else ""
+            cell = cells.get(f"{prefix}/pruned", {})
+            lines.append(
+                row(
+                    f"{label}{size}, no tune", [score(f"{prefix}/pruned", t) for t in tasks], cell.get("wikitext2_ppl")
+                )
+            )
+            tuned_scores = [score(f"{prefix}/task/{t}", t) for t in tasks]
+            lines.append(row(f"{label} + task LoRA (K={s['k']})", tuned_scores, PER_TASK_MODELS))
         lines.append("")
     if s["k_ablation"]:
         tag = f"{s['ratios'][0]:.0%}"
@@ -335,6 +385,13 @@ def render(data: dict[str, Any]) -> str:
         f"Total cell time: {timing / 60:.1f} min. Reproduce: `.venv/bin/python benchmarks/tailored_llama.py`."
     )
     return "\n".join(lines) + "\n"
+
+
+def extra_configs(keys, tag: str) -> list[str]:
+    """Names of the extra configurations among cell / size `keys` at `tag` (e.g. `"20%"`)."""
+    return sorted(
+        {key.split("/")[1] for key in keys if key.startswith(f"{tag}/") and key.split("/")[1] in EXTRA_CONFIGS}
+    )
 
 
 def mean_stderr(cells: dict[str, Any], key: str, tasks: list[str]) -> float | None:
@@ -408,6 +465,22 @@ def findings(cells: dict[str, Any], s: dict[str, Any], dense: list[float | None]
                 f"  At {tag} the tuned model sits within {100 * (tuned - chance):.1f} points of chance on average: "
                 "this 135M model has far less redundancy than the paper's 7B, and 50 shots cannot rebuild it."
             )
+        for name in extra_configs(cells, tag):
+            extra_pruned = mean_of(f"{tag}/{name}/pruned", tasks)
+            extra_tuned = mean_of(f"{tag}/{name}" + "/task/{task}", tasks)
+            if extra_pruned is None:
+                continue
+            ppl = cells[f"{tag}/{name}/pruned"]["wikitext2_ppl"], cells[f"{tag}/pruned"]["wikitext2_ppl"]
+            text = (
+                f"  {EXTRA_LABELS.get(name, name).capitalize()} (`{EXTRA_CONFIGS[name]}`): no tune {100 * extra_pruned:.1f} "
+                f"vs {100 * pruned:.1f}, WikiText-2 ppl {ppl[0]:.1f} vs {ppl[1]:.1f}"
+            )
+            if extra_tuned is not None:
+                text += (
+                    f"; + task LoRA {100 * extra_tuned:.1f} vs {100 * tuned:.1f} ({extra_tuned / dense_mean:.1%} of the "
+                    "dense mean)"
+                )
+            lines.append(text + ".")
     if s["k_ablation"]:
         tag = f"{s['ratios'][0]:.0%}"
         task = s["ablation_task"]

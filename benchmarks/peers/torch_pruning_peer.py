@@ -67,7 +67,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PEERS_DIR = ROOT / ".peers"
 sys.path.append(str(ROOT / "benchmarks"))  # the protocol of record: tailored_llama.py's Bench
 
-from tailored_llama import CHANCE, Bench  # noqa: E402
+from tailored_llama import CHANCE, EXTRA_CONFIGS, EXTRA_LABELS, Bench, extra_configs  # noqa: E402
 
 from tailored_hf.data import calibration_batches  # noqa: E402
 from tailored_hf.eval import COMMONSENSE_TASKS  # noqa: E402
@@ -505,7 +505,7 @@ def comparison(data: dict[str, Any], ours: dict[str, Any] | None) -> list[str]:
         text = f"- {when}: ours ahead: **{ahead}** ({len(tasks)}-task mean {pct(our_mean)} vs {pct(peer_mean)} for "
         text += f"Torch-Pruning {best}"
         if our_ppl is not None and peer_ppl is not None:
-            text += f"; WikiText-2 ppl {our_ppl:.1f} vs {peer_ppl:.1f}"
+            text += f"; WikiText-2 ppl {our_ppl:.1f} vs {peer_ppl:.1f}: **{'yes' if our_ppl < peer_ppl else 'no'}**"
         return text + ")."
 
     header = "| model | removed % | " + " | ".join(tasks) + " | mean | WikiText-2 ppl |"
@@ -518,6 +518,13 @@ def comparison(data: dict[str, Any], ours: dict[str, Any] | None) -> list[str]:
         ours_pruned = scores(our_cells, f"{tag}/pruned")
         ours_ppl = our_cells.get(f"{tag}/pruned", {}).get("wikitext2_ppl")
         lines.append(row("ours, no tune", ours_removed, ours_pruned, ours_ppl))
+        extras = extra_configs([*our_cells, *our_params], tag)
+        for name in extras:
+            prefix = f"{tag}/{name}"
+            removed = our_params.get(prefix, {}).get("achieved")
+            cell = our_cells.get(f"{prefix}/pruned", {})
+            label = f"ours, {EXTRA_LABELS.get(name, name)}, no tune"
+            lines.append(row(label, removed, scores(our_cells, f"{prefix}/pruned"), cell.get("wikitext2_ppl")))
         peer_means = {}
         for importance in s["importances"]:
             cell = cells.get(f"{tag}/{importance}/pruned")
@@ -529,6 +536,10 @@ def comparison(data: dict[str, Any], ours: dict[str, Any] | None) -> list[str]:
         best = best_importance(cells, tag, s["importances"], tasks)
         ours_tuned = tuned(our_cells, tag)
         lines.append(row(f"ours + task LoRA (K={s['k']})", ours_removed, ours_tuned, NOT_MEASURED))
+        for name in extras:
+            removed = our_params.get(f"{tag}/{name}", {}).get("achieved")
+            label = f"ours, {EXTRA_LABELS.get(name, name)} + task LoRA (K={s['k']})"
+            lines.append(row(label, removed, tuned(our_cells, f"{tag}/{name}"), NOT_MEASURED))
         best_cell = cells.get(f"{tag}/{best}/pruned") if best else None
         best_removed = best_cell["pruning"]["achieved"] if best_cell else None
         peer_tuned = tuned(cells, f"{tag}/{best}") if best else [None] * len(tasks)
@@ -538,6 +549,13 @@ def comparison(data: dict[str, Any], ours: dict[str, Any] | None) -> list[str]:
         peer_ppl = best_cell.get("wikitext2_ppl") if best_cell else None
         lines.append(verdict("Before tuning", (mean(ours_pruned), ours_ppl), (peer_means.get(best), peer_ppl)))
         lines.append(verdict("After task LoRA", (mean(ours_tuned), None), (mean(peer_tuned), None)))
+        for name in extras:
+            prefix, label = f"{tag}/{name}", EXTRA_LABELS.get(name, name)
+            extra_ppl = our_cells.get(f"{prefix}/pruned", {}).get("wikitext2_ppl")
+            before = (mean(scores(our_cells, f"{prefix}/pruned")), extra_ppl)
+            lines.append(verdict(f"Before tuning, {label}", before, (peer_means.get(best), peer_ppl)))
+            after = (mean(tuned(our_cells, prefix)), None)
+            lines.append(verdict(f"After task LoRA, {label}", after, (mean(peer_tuned), None)))
         lines.append("")
     return lines
 
@@ -555,7 +573,9 @@ def render(data: dict[str, Any], ours: dict[str, Any] | None) -> str:
         f"128 tokens. Recovery: LoRA r={s['lora_r']}, lr {s['learning_rate']}, {s['epochs']:g} epochs, batch "
         f"{s['batch_size']}, K={s['k']} task shots, seed {s['seed']} (the `tailored_llama.py` protocol; our rows are "
         "read from `tailored_llama.json`). Ours: `tailored_llama.py`'s dependency-group pass (Taylor importance; "
-        "query heads, KV groups and FFN channels; hidden size kept; first and last layers protected). Torch-Pruning: "
+        "query heads, KV groups and FFN channels; hidden size kept; first and last layers protected), and its extra "
+        f"configurations ({', '.join(f'{EXTRA_LABELS[n]}: `{EXTRA_CONFIGS[n]}`' for n in EXTRA_CONFIGS)}). "
+        "Torch-Pruning: "
         "`BasePruner` as in its LLM example (hidden size, FFN channels and query heads per KV group, every layer "
         "alike), magnitude (L2) or Taylor importance, its channel ratio searched to the same share of total "
         "parameters; the task LoRA uses the importance with the higher no-tune mean. With 3 query heads per KV head, "
