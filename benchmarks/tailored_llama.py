@@ -387,6 +387,11 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def config_text(name: str) -> str:
+    """An extra configuration as `DepGraphConfig` keyword arguments, e.g. `prune_hidden=True`."""
+    return ", ".join(f"{key}={value!r}" for key, value in EXTRA_CONFIGS[name].items())
+
+
 def extra_configs(keys, tag: str) -> list[str]:
     """Names of the extra configurations among cell / size `keys` at `tag` (e.g. `"20%"`)."""
     return sorted(
@@ -472,7 +477,7 @@ def findings(cells: dict[str, Any], s: dict[str, Any], dense: list[float | None]
                 continue
             ppl = cells[f"{tag}/{name}/pruned"]["wikitext2_ppl"], cells[f"{tag}/pruned"]["wikitext2_ppl"]
             text = (
-                f"  {EXTRA_LABELS.get(name, name).capitalize()} (`{EXTRA_CONFIGS[name]}`): no tune {100 * extra_pruned:.1f} "
+                f"  {EXTRA_LABELS.get(name, name).capitalize()} (`{config_text(name)}`): no tune {100 * extra_pruned:.1f} "
                 f"vs {100 * pruned:.1f}, WikiText-2 ppl {ppl[0]:.1f} vs {ppl[1]:.1f}"
             )
             if extra_tuned is not None:

@@ -67,7 +67,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PEERS_DIR = ROOT / ".peers"
 sys.path.append(str(ROOT / "benchmarks"))  # the protocol of record: tailored_llama.py's Bench
 
-from tailored_llama import CHANCE, EXTRA_CONFIGS, EXTRA_LABELS, Bench, extra_configs  # noqa: E402
+from tailored_llama import CHANCE, EXTRA_CONFIGS, EXTRA_LABELS, Bench, config_text, extra_configs  # noqa: E402
 
 from tailored_hf.data import calibration_batches  # noqa: E402
 from tailored_hf.eval import COMMONSENSE_TASKS  # noqa: E402
@@ -447,7 +447,6 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
     }
-    bench.data["summary_markdown"] = "\n".join(comparison(bench.data, ours))
     bench.save()
     atomic_write_text(Path(args.out + ".md"), render(bench.data, ours))
     print(render(bench.data, ours))
@@ -574,7 +573,7 @@ def render(data: dict[str, Any], ours: dict[str, Any] | None) -> str:
         f"{s['batch_size']}, K={s['k']} task shots, seed {s['seed']} (the `tailored_llama.py` protocol; our rows are "
         "read from `tailored_llama.json`). Ours: `tailored_llama.py`'s dependency-group pass (Taylor importance; "
         "query heads, KV groups and FFN channels; hidden size kept; first and last layers protected), and its extra "
-        f"configurations ({', '.join(f'{EXTRA_LABELS[n]}: `{EXTRA_CONFIGS[n]}`' for n in EXTRA_CONFIGS)}). "
+        f"configurations ({', '.join(f'{EXTRA_LABELS[n]}: `{config_text(n)}`' for n in EXTRA_CONFIGS)}). "
         "Torch-Pruning: "
         "`BasePruner` as in its LLM example (hidden size, FFN channels and query heads per KV group, every layer "
         "alike), magnitude (L2) or Taylor importance, its channel ratio searched to the same share of total "
