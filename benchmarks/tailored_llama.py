@@ -263,10 +263,11 @@ def main() -> None:
                     "per_layer": plan.per_layer_sizes(),
                     "config": EXTRA_CONFIGS[name],
                 }
-                if not tuned:
+                if tuned:
+                    for task in tasks:
+                        bench.tuned_cell(model, f"{prefix}/task/{task}", bench.shots(task, args.k), [task])
+                else:
                     bench.cell(f"{prefix}/pruned", lambda model=model: bench.evaluate(model, tasks))
-                for task in tasks if tuned else []:
-                    bench.tuned_cell(model, f"{prefix}/task/{task}", bench.shots(task, args.k), [task])
                 del model
     bench.data["environment"] = {
         "torch": torch.__version__,

@@ -23,6 +23,10 @@ from .conftest import run_ok
 SCRIPT = Path(__file__).with_name("fsdp_script.py")
 #: FSDP averages two per-rank mean losses where the single process takes one mean: equal up to summation order.
 WEIGHT_RTOL = 1e-4
+#: AdamW normalises every gradient element, so where an element's gradient is near zero the summation order alone
+#: moves its update by a visible fraction of the step (lr 1e-3; 3.6e-6 seen on one element of 1728). 1e-5 is 1% of
+#: one step: a wrong gather or a wrong gradient average moves weights by whole steps.
+WEIGHT_ATOL = 1e-5
 
 
 @pytest.mark.distributed
@@ -46,4 +50,6 @@ def test_pruned_model_trains_under_fsdp2_and_saves_gathered(tmp_path):
     sharded_state, single_state = sharded_model.state_dict(), single_model.state_dict()
     assert sharded_state.keys() == single_state.keys()
     for name, tensor in single_state.items():
-        torch.testing.assert_close(sharded_state[name], tensor, rtol=WEIGHT_RTOL, atol=1e-6, msg=name)
+        torch.testing.assert_close(
+            sharded_state[name], tensor, rtol=WEIGHT_RTOL, atol=WEIGHT_ATOL, msg=lambda m, name=name: f"{name}: {m}"
+        )
