@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from tailored_hf.data import calibration_batches, load_lm_text
+from tailored_hf.data import load_lm_text
 from tailored_hf.eval import token_perplexity
 from tailored_hf.loading import load_model
-from tailored_hf.methods.depgraph import DepGraphConfig, prune
+from tailored_hf.methods.depgraph import DepGraphConfig, calibration_for, prune
 from tailored_hf.structure import count_parameters
 from tailored_hf.structure.plan import atomic_write_text
 
@@ -58,15 +58,7 @@ def main() -> None:
     model, tokenizer = load_model(args.model)
     model.eval()
     wikitext = tokenizer(load_lm_text("wikitext2", data_dir=args.data_dir), return_tensors="pt").input_ids[0]
-    reference = DepGraphConfig(seed=args.seed)
-    calibration = calibration_batches(
-        tokenizer,
-        source=reference.calibration_source,
-        n_samples=reference.num_calibration_samples,
-        seq_len=reference.calibration_seq_len,
-        seed=args.seed,
-        data_dir=args.data_dir,
-    )
+    calibration = calibration_for(DepGraphConfig(seed=args.seed), tokenizer, data_dir=args.data_dir)
     dense = count_parameters(model)
     rows = [
         {

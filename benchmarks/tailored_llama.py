@@ -33,10 +33,10 @@ from typing import Any
 
 import torch
 
-from tailored_hf.data import calibration_batches, load_lm_text, load_task_split, map_for_training, sample_k_shots
+from tailored_hf.data import load_lm_text, load_task_split, map_for_training, sample_k_shots
 from tailored_hf.eval import COMMONSENSE_TASKS, evaluate_tasks, token_perplexity
 from tailored_hf.loading import load_model
-from tailored_hf.methods.depgraph import DepGraphConfig, prune
+from tailored_hf.methods.depgraph import DepGraphConfig, calibration_for, prune
 from tailored_hf.structure import count_parameters
 from tailored_hf.structure.plan import atomic_write_text
 
@@ -181,14 +181,7 @@ class Bench:
     def pruned(self, ratio: float, **overrides: Any):
         """A pruned copy of the dense model at `ratio` and its plan; `overrides` change the paper's configuration."""
         config = DepGraphConfig(target_sparsity=ratio, seed=self.args.seed, **overrides)
-        calibration = calibration_batches(
-            self.tokenizer,
-            source=config.calibration_source,
-            n_samples=config.num_calibration_samples,
-            seq_len=config.calibration_seq_len,
-            seed=self.args.seed,
-            data_dir=self.args.data_dir,
-        )
+        calibration = calibration_for(config, self.tokenizer, data_dir=self.args.data_dir)
         model = copy.deepcopy(self.model)
         _, plan = prune(model, config, calibration=calibration)
         return model, plan

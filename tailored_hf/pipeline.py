@@ -221,19 +221,11 @@ def prune_model(model, tokenizer, cfg: PipelineConfig) -> PruningPlan:
         apply_plan(model, plan)
         return plan
     if cfg.method == "depgraph":
-        from .data import calibration_batches
-        from .methods.depgraph import prune
+        from .methods.depgraph import calibration_for, prune
 
         calibration = None
         if method_config.importance not in ("l1", "l2", "random"):
-            calibration = calibration_batches(
-                tokenizer,
-                source=method_config.calibration_source,
-                n_samples=method_config.num_calibration_samples,
-                seq_len=method_config.calibration_seq_len,
-                seed=method_config.seed,
-                data_dir=cfg.data_dir,
-            )
+            calibration = calibration_for(method_config, tokenizer, data_dir=cfg.data_dir)
         _, plan = prune(model, method_config, calibration=calibration, progress=cfg.progress)
         return plan
     from .methods import build_method

@@ -69,9 +69,8 @@ sys.path.append(str(ROOT / "benchmarks"))  # the protocol of record: tailored_ll
 
 from tailored_llama import CHANCE, EXTRA_CONFIGS, EXTRA_LABELS, Bench, config_text, extra_configs  # noqa: E402
 
-from tailored_hf.data import calibration_batches  # noqa: E402
 from tailored_hf.eval import COMMONSENSE_TASKS  # noqa: E402
-from tailored_hf.methods.depgraph import DepGraphConfig  # noqa: E402
+from tailored_hf.methods.depgraph import DepGraphConfig, calibration_for  # noqa: E402
 from tailored_hf.structure import count_parameters  # noqa: E402
 from tailored_hf.structure.plan import atomic_write_text  # noqa: E402
 
@@ -331,15 +330,7 @@ class PeerBench(Bench):
             load_lm_text("wikitext2", data_dir=args.data_dir), return_tensors="pt"
         ).input_ids[0]
         self.dense_params = count_parameters(self.model)
-        config = DepGraphConfig(seed=args.seed)
-        self.calibration = calibration_batches(
-            self.tokenizer,
-            source=config.calibration_source,
-            n_samples=config.num_calibration_samples,
-            seq_len=config.calibration_seq_len,
-            seed=args.seed,
-            data_dir=args.data_dir,
-        )
+        self.calibration = calibration_for(DepGraphConfig(seed=args.seed), self.tokenizer, data_dir=args.data_dir)
         self._grads: dict[str, torch.Tensor] | None = None
         self.gradient_seconds = 0.0
 

@@ -12,6 +12,8 @@ Pieces: `DependencyGraph` (the traced coupling), importance criteria (`TaylorImp
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -30,8 +32,9 @@ from .importance import (
 from .pruner import DepGraphPruner
 
 
-def calibration_for(config: DepGraphConfig, tokenizer) -> torch.LongTensor:
-    """Draw `config.num_calibration_samples` x `config.calibration_seq_len` token ids from the configured source."""
+def calibration_for(config: DepGraphConfig, tokenizer, data_dir: str | os.PathLike | None = None) -> torch.LongTensor:
+    """Draw `config.num_calibration_samples` x `config.calibration_seq_len` token ids from the configured source
+    (`data_dir`: where the named sources live, see `tailored_hf.data.calibration_batches`)."""
     from ...data import calibration_batches
 
     return calibration_batches(
@@ -40,6 +43,7 @@ def calibration_for(config: DepGraphConfig, tokenizer) -> torch.LongTensor:
         n_samples=config.num_calibration_samples,
         seq_len=config.calibration_seq_len,
         seed=config.seed,
+        data_dir=data_dir,
     )
 
 
