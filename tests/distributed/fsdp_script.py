@@ -2,8 +2,9 @@
 
 `python fsdp_script.py OUT single` trains the same pruned model in one process on the whole global batch;
 `torchrun --nproc_per_node 2 fsdp_script.py OUT fsdp` shards it over two ranks that each take half of every batch.
-Writes OUT/rank{r}.json (plan, sharding kind, the refusal message for a training-time method) and, from rank 0 only,
-the pruned model gathered to full tensors and saved with `save_pruned` in OUT/model.
+Writes OUT/rank{r}.json (plan, sharding kind, the refusal message for a training-time method; rank 0 also the largest
+weight change training made) and, from rank 0 only, the pruned model gathered to full tensors and saved with
+`save_pruned` in OUT/model.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from tests.conftest import make_tiny_model  # noqa: E402
 
 STEPS = 2
 GLOBAL_BATCH = 8
+#: Plain SGD: the update is proportional to the averaged gradient, so a rank-summed (2x) or unaveraged gradient shows
+#: as a 2x step (AdamW normalises the gradient's scale away and would hide it).
+LEARNING_RATE = 0.5
 
 
 def main(out: str, mode: str) -> None:
@@ -52,7 +56,7 @@ def main(out: str, mode: str) -> None:
             PrunerCallback(L0Config(target_sparsity=0.3)).check_unsharded(model)
         except ValueError as err:
             record["refusal"] = str(err)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE)
     data = torch.randint(0, 96, (STEPS, GLOBAL_BATCH, 10), generator=torch.Generator().manual_seed(2))
     per_rank = GLOBAL_BATCH // world
     for step in range(STEPS):
@@ -67,6 +71,8 @@ def main(out: str, mode: str) -> None:
     else:
         full = model.state_dict()
     if rank == 0:
+        before = unsharded.state_dict()
+        record["max_update"] = max(float((full[k].cpu() - before[k]).abs().max()) for k in before)
         unsharded.load_state_dict(full)
         save_pruned(unsharded, Path(out) / "model")
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(record))
