@@ -14,10 +14,17 @@ Measured claims (issue 6):
    no-KD vs KD vs progressive KD (the paper's Table 6 ordering) and the dependency-group pass + LoRA at equal
    parameter count; 7-task zero-shot mean accuracy and WikiText-2 perplexity, dense baseline alongside.
 
-Writes `benchmarks/results/nuteprune.{json,md}`. Full run (the lead's quiet machine):
+Writes `benchmarks/results/nuteprune.{json,md}`; each section records the settings it was measured at, and a section
+skipped (`--skip-cost`, `--skip-quality`) is carried over from the previous report. Full run (about 4 h of training
+per variant on 2 CPU cores; minutes on a GPU):
 
     python benchmarks/nuteprune.py --targets 0.2,0.5 --steps 400 --batch-size 8 --seq-len 256 --eval-limit 500 \
         --ppl-windows 128
+
+The committed quality section is a CPU-scale run: 64,000 training tokens per variant (1/13 of the full run's) in 500
+steps (the masks need steps more than tokens to move), 200 items per task; about 100 min:
+
+    python benchmarks/nuteprune.py --skip-cost --steps 500 --batch-size 1 --seq-len 128 --eval-limit 200
 
 Smoke test (a couple of minutes on 2 cores):
 
@@ -44,12 +51,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tailored_llama import CHANCE, NEAR_CHANCE
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 SCRATCH_DIR = Path(tempfile.gettempdir()) / "tailored_hf_nuteprune"  # Trainer output dirs (nothing is saved there)
 VARIANTS = ("none", "kd", "progressive", "depgraph")
+VARIANT_LABELS = {"none": "L0, no KD", "kd": "L0 + KD", "progressive": "L0 + progressive KD", "depgraph": "depgraph"}
+#: The settings each report section depends on: a section skipped in a run is carried over from the previous report
+#: with the settings it was measured at.
+COST_SETTINGS = ("targets", "batch_size", "seq_len", "cost_steps", "lora_r", "lora_alpha", "lora_targets")
+QUALITY_SETTINGS = (
+    "targets", "variants", "steps", "batch_size", "seq_len", "learning_rate", "lora_r", "lora_alpha", "lora_targets",
+    "eval_limit", "tasks", "ppl_windows", "seed",
+)  # fmt: skip
 STEP_KINDS = ("lora", "nuteprune", "naive_kd")
 # NutePrune's LoRA (scripts/cotrain.sh): rank 8, alpha 8, on the query and value projections (`--lora_param Q.V`);
 # small adapters also keep the CPU teacher snapshots small (one per 1% of sparsity).
@@ -78,6 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cost-steps", type=int, default=5, help="timed steps per step kind (after one warm-up)")
     parser.add_argument("--skip-cost", action="store_true", help="skip the memory / step-time measurement")
     parser.add_argument("--skip-quality", action="store_true", help="skip the pruning + evaluation runs")
+    parser.add_argument(
+        "--report-only", action="store_true", help="re-render the Markdown from the JSON at --out; run nothing"
+    )
     parser.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu' or 'cuda'")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(RESULTS_DIR / "nuteprune"))
@@ -309,6 +328,7 @@ def evaluate(model, tokenizer, args: argparse.Namespace) -> dict[str, Any]:
     )["wikitext2"]
     return {
         "tasks": {t: r["primary"] for t, r in mc.items()},
+        "task_items": {t: r["n"] for t, r in mc.items()},
         "mean_accuracy": sum(r["primary"] for r in mc.values()) / len(mc),
         "wikitext2_ppl": ppl.perplexity,
         "eval_seconds": time.perf_counter() - start,
@@ -357,19 +377,17 @@ def run_variant(variant: str, target: float, args: argparse.Namespace) -> dict[s
 
 
 def render(report: dict[str, Any]) -> str:
-    cfg = report["config"]
-    lines = [f"# NutePrune on {cfg['model']}", ""]
-    lines += [
-        f"{report['machine']}, {report['torch_threads']} torch threads, device {report['device']}. Data budget per "
-        f"variant: {cfg['steps']} steps x {cfg['batch_size']} C4 windows of {cfg['seq_len']} tokens; LoRA r="
-        f"{cfg['lora_r']} on {cfg['lora_targets']}, lr {cfg['learning_rate']}.",
-        "",
-    ]
+    lines = [f"# NutePrune on {report['model']}", ""]
+    lines += [f"{report['machine']}, {report['torch_threads']} torch threads, device {report['device']}.", ""]
     costs = report.get("costs")
     if costs:
-        s = costs["summary"]
+        s, cfg = costs["summary"], costs["config"]
         lines += [
             "## Memory and step time (one process per step kind)",
+            "",
+            f"One training step of {cfg['batch_size']} C4 windows of {cfg['seq_len']} tokens, LoRA r={cfg['lora_r']} on "
+            f"{cfg['lora_targets']}; NutePrune: progressive KD with the layer-wise term, target "
+            f"{float(cfg['targets'].split(',')[0]):.0%}; mean of {cfg['cost_steps']} timed steps after a warm-up.",
             "",
             "| step | peak RSS (MB) | vs LoRA | mean step (s) | vs LoRA |",
             "|---|---|---|---|---|",
@@ -408,24 +426,100 @@ def render(report: dict[str, Any]) -> str:
                 "allocator ratio above is fragmentation, not tensors the method keeps.",
                 "",
             ]
-    quality = report.get("quality")
-    if quality:
-        tasks = list(quality["dense"]["tasks"])
-        lines += [
-            "## Quality (zero-shot, validation; WikiText-2 perplexity, LLM-Pruner protocol)",
-            "",
-            "| target | variant | params | sparsity | " + " | ".join(tasks) + " | mean | wikitext2 ppl |",
-            "|---|---|---|---|" + "---|" * len(tasks) + "---|---|",
-        ]
-        rows = [quality["dense"], *quality["runs"]]
-        for r in rows:
-            cells = " | ".join(f"{100 * r['tasks'][t]:.1f}" for t in tasks)
-            lines.append(
-                f"| {r.get('target', 0):.0%} | {r['variant']} | {r['params_pruned'] / 1e6:.2f} M | "
-                f"{r['sparsity']:.4f} | {cells} | {100 * r['mean_accuracy']:.2f} | {r['wikitext2_ppl']:.2f} |"
-            )
-        lines.append("")
+    if report.get("quality"):
+        lines += quality_lines(report["quality"])
     return "\n".join(lines) + "\n"
+
+
+def quality_lines(quality: dict[str, Any]) -> list[str]:
+    """The quality table (dense baseline first, chance level last) and what it shows, at the run's data budget."""
+    cfg, dense = quality["config"], quality["dense"]
+    tasks = list(dense["tasks"])
+    tokens = cfg["steps"] * cfg["batch_size"] * cfg["seq_len"]
+    lines = [
+        "## Quality (zero-shot, validation; WikiText-2 perplexity, LLM-Pruner protocol)",
+        "",
+        f"Data budget per variant: {cfg['steps']} steps x {cfg['batch_size']} C4 windows of {cfg['seq_len']} tokens "
+        f"({tokens:,} tokens); LoRA r={cfg['lora_r']} on {cfg['lora_targets']}, lr {cfg['learning_rate']}, merged "
+        f"before evaluation. The first {cfg['eval_limit']} validation items per task; WikiText-2 over "
+        f"{cfg['ppl_windows'] or 'all'} windows of 128 tokens. Seed {cfg['seed']}.",
+        "",
+        "| target | variant | params | removed | " + " | ".join(tasks) + " | mean | wikitext2 ppl |",
+        "|---|---|---|---|" + "---|" * len(tasks) + "---|---|",
+    ]
+    for r in [dense, *quality["runs"]]:
+        cells = " | ".join(f"{100 * r['tasks'][t]:.1f}" for t in tasks)
+        lines.append(
+            f"| {r.get('target', 0):.0%} | {VARIANT_LABELS.get(r['variant'], r['variant'])} | "
+            f"{r['params_pruned'] / 1e6:.2f} M | {r['sparsity']:.1%} | {cells} | {100 * r['mean_accuracy']:.2f} "
+            f"+- {100 * accuracy_stderr(r, cfg):.2f} | {r['wikitext2_ppl']:.1f} |"
+        )
+    chance = sum(CHANCE[t] for t in tasks) / len(tasks)
+    lines.append(
+        "| | chance | | | " + " | ".join(f"{100 * CHANCE[t]:.1f}" for t in tasks) + f" | {100 * chance:.2f} | |"
+    )
+    lines += ["", "+- is the binomial standard error of the 7-task mean.", "", "### What it shows", ""]
+    lines += [f"- {line}" for line in quality_findings(quality, chance)]
+    return lines + [""]
+
+
+def accuracy_stderr(run: dict[str, Any], cfg: dict[str, Any]) -> float:
+    """Binomial standard error of the mean accuracy over tasks (items independent)."""
+    items = run.get("task_items") or {}
+    scores = run["tasks"]
+    variance = sum(p * (1 - p) / items.get(t, cfg["eval_limit"]) for t, p in scores.items())
+    return math.sqrt(variance) / len(scores)
+
+
+def quality_findings(quality: dict[str, Any], chance: float) -> list[str]:
+    """Per target: the paper's Table 6 ordering (no KD < KD < progressive KD) and the best L0 variant vs the
+    dependency-group pass at about the same parameter count, all read from the numbers."""
+    cfg, dense = quality["config"], quality["dense"]
+    findings = []
+    for target in sorted({r["target"] for r in quality["runs"]}):
+        runs = {r["variant"]: r for r in quality["runs"] if r["target"] == target}
+        l0 = [runs[v] for v in ("none", "kd", "progressive") if v in runs]
+        text = f"**{target:.0%}**: "
+        if len(l0) == 3:
+            by_acc = [VARIANT_LABELS[r["variant"]] for r in sorted(l0, key=lambda r: r["mean_accuracy"])]
+            by_ppl = [VARIANT_LABELS[r["variant"]] for r in sorted(l0, key=lambda r: -r["wikitext2_ppl"])]
+            spread = max(r["mean_accuracy"] for r in l0) - min(r["mean_accuracy"] for r in l0)
+            noise = max(accuracy_stderr(r, cfg) for r in l0)
+            paper = [VARIANT_LABELS[v] for v in ("none", "kd", "progressive")]
+            text += (
+                f"worst to best by mean accuracy {' < '.join(by_acc)}, by perplexity {' < '.join(by_ppl)} (the paper's "
+                f"Table 6: {' < '.join(paper)}; {'matches' if by_acc == paper else 'differs'} on accuracy, "
+                f"{'matches' if by_ppl == paper else 'differs'} on perplexity); the accuracy spread, "
+                f"{100 * spread:.1f} points, is {spread / noise:.1f} standard errors. "
+            )
+        best = max(l0, key=lambda r: r["mean_accuracy"], default=None)
+        if best is not None and "depgraph" in runs:
+            dep = runs["depgraph"]
+            text += (
+                f"Best L0 ({VARIANT_LABELS[best['variant']]}, {best['params_pruned'] / 1e6:.2f} M) vs depgraph + the "
+                f"same LoRA ({dep['params_pruned'] / 1e6:.2f} M): mean {100 * best['mean_accuracy']:.1f} vs "
+                f"{100 * dep['mean_accuracy']:.1f}, perplexity {best['wikitext2_ppl']:.1f} vs "
+                f"{dep['wikitext2_ppl']:.1f}. "
+            )
+        near = [VARIANT_LABELS[v] for v, r in runs.items() if r["mean_accuracy"] - chance <= NEAR_CHANCE]
+        text += (
+            f"Dense: {100 * dense['mean_accuracy']:.1f}, perplexity {dense['wikitext2_ppl']:.1f}; chance "
+            f"{100 * chance:.1f}"
+            + (f"; within {100 * NEAR_CHANCE:.0f} points of chance: {', '.join(near)}." if near else ".")
+        )
+        findings.append(text)
+    return findings
+
+
+def carried_section(previous: dict[str, Any], name: str, settings: tuple[str, ...]) -> dict[str, Any] | None:
+    """Section `name` of a previous report, with the settings it was measured at (reports written before sections
+    carried their own settings kept them at the top level)."""
+    section = previous.get(name)
+    if not section:
+        return None
+    if "config" not in section:
+        section["config"] = {k: previous["config"][k] for k in settings if k in previous.get("config", {})}
+    return section
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -438,36 +532,49 @@ def main(argv: list[str] | None = None) -> None:
     from tailored_hf import load_model
     from tailored_hf.structure import count_parameters
 
-    report: dict[str, Any] = {
-        "config": vars(args),
-        "machine": platform.processor() or platform.machine(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device_of(args)),
-    }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not args.skip_cost:
-        report["costs"] = measure_costs(args, argv)
-    if not args.skip_quality:
-        model, tokenizer = load_model(args.model)
-        dense = {
-            "variant": "dense",
-            "target": 0.0,
-            "params_dense": count_parameters(model),
-            "params_pruned": count_parameters(model),
-            "sparsity": 0.0,
-            **evaluate(model.to(device_of(args)), tokenizer, args),
+    json_path = out.with_suffix(".json")
+    previous = json.loads(json_path.read_text()) if json_path.exists() else {}
+    if args.report_only:
+        if not previous:
+            raise SystemExit(f"--report-only: no report at {json_path}.")
+        report = previous
+    else:
+        report = {
+            "model": args.model,
+            "machine": platform.processor() or platform.machine(),
+            "torch_threads": torch.get_num_threads(),
+            "device": str(device_of(args)),
         }
-        del model
-        runs = []
-        for target in (float(t) for t in args.targets.split(",") if t):
-            for variant in (v for v in args.variants.split(",") if v):
-                if variant not in VARIANTS:
-                    raise ValueError(f"Unknown variant {variant!r}; choose from {VARIANTS}.")
-                runs.append(run_variant(variant, target, args))
-                out.with_suffix(".json").write_text(json.dumps(report | {"quality": {"dense": dense, "runs": runs}}))
-        report["quality"] = {"dense": dense, "runs": runs}
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+        settings = vars(args)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if args.skip_cost:
+            report["costs"] = carried_section(previous, "costs", COST_SETTINGS)
+        else:
+            report["costs"] = measure_costs(args, argv) | {"config": {k: settings[k] for k in COST_SETTINGS}}
+        if args.skip_quality:
+            report["quality"] = carried_section(previous, "quality", QUALITY_SETTINGS)
+        else:
+            model, tokenizer = load_model(args.model)
+            dense = {
+                "variant": "dense",
+                "target": 0.0,
+                "params_dense": count_parameters(model),
+                "params_pruned": count_parameters(model),
+                "sparsity": 0.0,
+                **evaluate(model.to(device_of(args)), tokenizer, args),
+            }
+            del model
+            quality = {"config": {k: settings[k] for k in QUALITY_SETTINGS}, "dense": dense, "runs": []}
+            for target in (float(t) for t in args.targets.split(",") if t):
+                for variant in (v for v in args.variants.split(",") if v):
+                    if variant not in VARIANTS:
+                        raise ValueError(f"Unknown variant {variant!r}; choose from {VARIANTS}.")
+                    quality["runs"].append(run_variant(variant, target, args))
+                    json_path.write_text(json.dumps(report | {"quality": quality}))  # progress, in case of a crash
+            report["quality"] = quality
+        report = {k: v for k, v in report.items() if v is not None}
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
     markdown = render(report)
     out.with_suffix(".md").write_text(markdown)
     print(markdown)

@@ -38,7 +38,8 @@ SCRIPTS = {
     "torch_pruning": ROOT / "benchmarks" / "peers" / "torch_pruning_peer.py",
     "nuteprune": ROOT / "benchmarks" / "nuteprune.py",
 }
-#: Arguments per script; NutePrune's quality runs are GPU-scale (`benchmarks/nuteprune.py` alone runs them).
+#: Arguments per script; NutePrune's quality runs take hours (`benchmarks/nuteprune.py` alone runs them; a run with
+#: `--skip-quality` keeps the committed quality section).
 SCRIPT_ARGS = {"nuteprune": ["--skip-quality"]}
 #: Issue 9's targets.
 IMPORTANCE_TIME_TARGET = 1.2  # ours / one plain forward + backward over the same tokens
@@ -163,7 +164,7 @@ def nuteprune_memory_lines(nuteprune: dict[str, Any] | None) -> list[str]:
     costs = (nuteprune or {}).get("costs")
     if not costs:
         return ["At `benchmarks/nuteprune.py`'s setting: not measured (`nuteprune.py --skip-quality`)."]
-    cfg, s = nuteprune["config"], costs["summary"]
+    cfg, s = costs["config"], costs["summary"]
     ratio = s["rss_ratio_nuteprune_vs_lora"]
     two_model = s.get("rss_ratio_two_model_nuteprune_vs_lora")
     two_model = f"{two_model:.2f}x" if two_model is not None else "not measured"
@@ -344,7 +345,32 @@ def ppl_text(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f}"
 
 
-def moonshot_section(ours: dict[str, Any] | None) -> list[str]:
+def l0_quality_lines(nuteprune: dict[str, Any] | None) -> list[str]:
+    """L0 masks (NutePrune) beside the moonshot: the best variant's share of the dense mean at each target, from
+    `nuteprune.py`'s own quality run (its own evaluation items, C4 training, no task-specific recovery)."""
+    quality = (nuteprune or {}).get("quality")
+    if not quality:
+        return ["L0 masks (NutePrune): quality not measured (`benchmarks/nuteprune.py`)."]
+    cfg, dense = quality["config"], quality["dense"]
+    shares = []
+    for target in sorted({r["target"] for r in quality["runs"]}):
+        l0 = [r for r in quality["runs"] if r["target"] == target and r["variant"] != "depgraph"]
+        if l0:
+            best = max(l0, key=lambda r: r["mean_accuracy"])
+            shares.append(
+                f"{target:.0%}: {best['variant']} {pct(best['mean_accuracy'])}, "
+                f"{best['mean_accuracy'] / dense['mean_accuracy']:.1%} of dense, WikiText-2 "
+                f"{best['wikitext2_ppl']:.1f}"
+            )
+    tokens = cfg["steps"] * cfg["batch_size"] * cfg["seq_len"]
+    return [
+        f"L0 masks (NutePrune), not task-tailored: masks and LoRA trained on {tokens:,} C4 tokens, no task-specific "
+        f"recovery, evaluated on the first {cfg['eval_limit']} items of every task (dense {pct(dense['mean_accuracy'])}"
+        f"): best variant at {'; '.join(shares)} (`benchmarks/results/nuteprune.md`)."
+    ]
+
+
+def moonshot_section(ours: dict[str, Any] | None, nuteprune: dict[str, Any] | None = None) -> list[str]:
     lines = ["## 5. The moonshot: share of the dense 7-task mean kept after task-specific recovery", ""]
     if ours is None:
         return lines + ["Not measured: run `benchmarks/tailored_llama.py`.", ""]
@@ -356,8 +382,11 @@ def moonshot_section(ours: dict[str, Any] | None) -> list[str]:
     lines += [
         f"Best method measured end to end on the 7 tasks: the dependency-group pass + task-specific LoRA (K={s['k']}) "
         f"(`benchmarks/results/tailored_llama.md`; first {s['limit']} validation items per task, BoolQ "
-        f"{s['boolq_limit']}). The L0 and ATP quality runs are GPU-scale and not run here. Targets: >= 95% of the "
-        "dense mean at 20% removed, >= 85% at 50% (the Tailored-LLaMA paper's headline on a 7B model).",
+        f"{s['boolq_limit']}). Targets: >= 95% of the dense mean at 20% removed, >= 85% at 50% (the Tailored-LLaMA "
+        "paper's headline on a 7B model).",
+        "",
+        *l0_quality_lines(nuteprune),
+        "ATP's HealthCare quality run (`benchmarks/atp.py`) is GPU-scale and not run here.",
         "",
         "| model | " + " | ".join(tasks) + " | mean | share of dense | target | status |",
         "|---" * (len(tasks) + 5) + "|",
@@ -411,7 +440,7 @@ def render(perf, overhead, ours, peer, nuteprune=None) -> str:
     lines += overhead_section(overhead, nuteprune)
     lines += inference_section(perf)
     lines += peer_section(ours, peer)
-    lines += moonshot_section(ours)
+    lines += moonshot_section(ours, nuteprune)
     return "\n".join(lines).rstrip() + "\n"
 
 
