@@ -22,7 +22,8 @@ per variant on 2 CPU cores; minutes on a GPU):
         --ppl-windows 128
 
 The committed quality section is a CPU-scale run: 64,000 training tokens per variant (1/13 of the full run's) in 500
-steps (the masks need steps more than tokens to move), 200 items per task; about 100 min:
+steps (the masks need steps more than tokens to move), 200 items per task; 9-15 min per L0 variant, 8 min for
+depgraph, 2-3 min per evaluation on 2 cores (at 50% only no-KD and depgraph were run, `--variants none,depgraph`):
 
     python benchmarks/nuteprune.py --skip-cost --steps 500 --batch-size 1 --seq-len 128 --eval-limit 200
 
@@ -527,6 +528,9 @@ def quality_findings(quality: dict[str, Any], chance: float) -> list[str]:
                     "KD and progressive KD are identical here: until the student's expected sparsity passes the "
                     "teacher gap, every progressive teacher is the intact model, i.e. plain KD. "
                 )
+        missing = [VARIANT_LABELS[v] for v in ("none", "kd", "progressive") if v not in runs]
+        if missing:
+            text += f"Not run at this target: {', '.join(missing)}. "
         best = max(l0, key=lambda r: r["mean_accuracy"], default=None)
         if best is not None and "depgraph" in runs:
             dep = runs["depgraph"]

@@ -358,7 +358,7 @@ def l0_quality_lines(nuteprune: dict[str, Any] | None) -> list[str]:
         if l0:
             best = max(l0, key=lambda r: r["mean_accuracy"])
             shares.append(
-                f"{target:.0%}: {best['variant']} {pct(best['mean_accuracy'])}, "
+                f"{target:.0%}: distillation={best['variant']} {pct(best['mean_accuracy'])}, "
                 f"{best['mean_accuracy'] / dense['mean_accuracy']:.1%} of dense, WikiText-2 "
                 f"{best['wikitext2_ppl']:.1f}"
             )
