@@ -23,7 +23,7 @@ per variant on 2 CPU cores; minutes on a GPU):
 
 The committed quality section is a CPU-scale run: 64,000 training tokens per variant (1/13 of the full run's) in 500
 steps (the masks need steps more than tokens to move), 200 items per task; 9-15 min per L0 variant, 8 min for
-depgraph, 2-3 min per evaluation on 2 cores (at 50% plain KD was not run: `--variants none,progressive,depgraph`):
+depgraph, 2-3 min per evaluation on 2 cores:
 
     python benchmarks/nuteprune.py --skip-cost --steps 500 --batch-size 1 --seq-len 128 --eval-limit 200
 
