@@ -339,6 +339,8 @@ def evaluate(model, tokenizer, args: argparse.Namespace) -> dict[str, Any]:
 
 def run_variant(variant: str, target: float, args: argparse.Namespace) -> dict[str, Any]:
     """Prune to `target` with `variant` and the same LoRA training budget; evaluate the merged pruned model."""
+    from transformers import set_seed
+
     from tailored_hf import PrunerCallback, load_model
     from tailored_hf.methods.depgraph import DepGraphConfig
     from tailored_hf.structure import count_parameters
@@ -346,6 +348,9 @@ def run_variant(variant: str, target: float, args: argparse.Namespace) -> dict[s
     device = device_of(args)
     model, tokenizer = load_model(args.model)
     dense = count_parameters(model)
+    # The LoRA initialisation draws from the global RNG before the Trainer seeds it: seed here, so every variant starts
+    # from the same adapters whatever ran earlier in this process.
+    set_seed(args.seed)
     model = lora_model(model.to(device), args)
     if variant == "depgraph":
         config = DepGraphConfig(target_sparsity=target, calibration_source="c4", seed=args.seed)
