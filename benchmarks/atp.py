@@ -109,6 +109,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grad-accum", type=int, default=None)
     parser.add_argument("--eval-limit", type=int, default=None, help="Test rows per task (default: all).")
     parser.add_argument("--num-runs", type=int, default=None, help="Sampled generation runs averaged (ATP: 3).")
+    parser.add_argument("--max-length", type=int, default=None, help="Training sequence length (512).")
+    parser.add_argument(
+        "--calibration-seq-len", type=int, default=None, help="Tokens per calibration row of the generator (256)."
+    )
+    parser.add_argument(
+        "--ppl-windows", type=int, default=None, help="Domain-perplexity windows scored (default: all)."
+    )
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument(
         "--generator-lr", type=float, default=None, help="ATP generator AdamW lr (default: the paper's 5e-4)."
@@ -134,6 +141,9 @@ def resolve_scale(args: argparse.Namespace) -> Scale:
         "grad_accum": args.grad_accum,
         "eval_limit": args.eval_limit,
         "num_runs": args.num_runs,
+        "max_length": args.max_length,
+        "calibration_seq_len": args.calibration_seq_len,
+        "ppl_windows": args.ppl_windows,
     }
     return Scale(**{**scale.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
 
@@ -451,6 +461,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logger.info("dense evaluation")
     results["dense"] = evaluate(dense_model, tokenizer, args.data_dir, scale, ppl_ids, args.seed)
     dense_scores = task_scores(results["dense"])
+    write_report(results, out)
     del dense_model
     gc.collect()
 
@@ -481,6 +492,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         del model
         gc.collect()
+        write_report(results, out)
         if not args.skip_baseline:
             logger.info("two-stage baseline (depgraph + LoRA) at %.4f of all parameters", ratio_total)
             model, tok, plan, seconds = run_baseline(args, scale, ratio_total, train, calib, out / f"baseline-{key}")
@@ -494,6 +506,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
             del model
             gc.collect()
+            write_report(results, out)
 
     if not args.skip_fig3:
         ratio = args.ratios[0]
@@ -510,11 +523,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         plot_fig3(rows, key, out / "atp_fig3_hamming.png")
         del model
 
-    plot_fig4(results, out / "atp_fig4_layer_ratios.png")
-    (out / "atp_healthcare.json").write_text(json.dumps(results, indent=1))
-    (out / "atp_healthcare.md").write_text(markdown(results))
+    write_report(results, out)
     logger.info("wrote %s", out / "atp_healthcare.md")
     return results
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
+    """JSON, Markdown and Fig. 4 of what has been measured so far (called after every run: CPU runs take hours)."""
+    if results["atp"]:
+        plot_fig4(results, out / "atp_fig4_layer_ratios.png")
+    (out / "atp_healthcare.json").write_text(json.dumps(results, indent=1))
+    (out / "atp_healthcare.md").write_text(markdown(results))
 
 
 if __name__ == "__main__":
