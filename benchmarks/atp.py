@@ -127,6 +127,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--skip-fig3", action="store_true", help="Skip the frozen-LoRA ATP run of Fig. 3.")
+    parser.add_argument(
+        "--skip-dense-lora", action="store_true", help="Skip the dense + same LoRA reference (same data and steps)."
+    )
+    parser.add_argument(
+        "--extend",
+        action="store_true",
+        help="Keep the runs already in `--out`'s report (same setting required) and run only the missing ones.",
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -287,8 +295,6 @@ def run_atp(args, scale, ratio, train, calib, out: Path, learning_rate: float):
 
 def run_baseline(args, scale, ratio_total, train, calib, out: Path):
     """Two-stage: dependency-group pruning to the same parameter count, then LoRA on the same data and steps."""
-    from trl import SFTTrainer
-
     model, tokenizer = tailored_hf.load_model(args.model)
     rows = [r for r in calib if len(r) >= scale.calibration_seq_len][: scale.depgraph_samples]
     if not rows:
@@ -297,6 +303,14 @@ def run_baseline(args, scale, ratio_total, train, calib, out: Path):
     calibration = torch.tensor([r[:length] for r in rows])
     config = DepGraphConfig(target_sparsity=ratio_total, importance="taylor", seed=args.seed)
     _, plan = prune(model, config, calibration=calibration, progress=False)
+    merged, seconds = train_lora(model, tokenizer, args, scale, train, out)
+    return merged, tokenizer, plan, seconds
+
+
+def train_lora(model, tokenizer, args, scale, train, out: Path):
+    """The plain LoRA run every non-ATP row gets (same data, steps and LoRA as ATP); returns (merged, seconds)."""
+    from trl import SFTTrainer
+
     trainer = SFTTrainer(
         model=model,
         args=sft_args(out, scale, args.learning_rate, args.seed),
@@ -306,7 +320,7 @@ def run_baseline(args, scale, ratio_total, train, calib, out: Path):
     )
     start = time.perf_counter()
     trainer.train()
-    return trainer.model.merge_and_unload(), tokenizer, plan, time.perf_counter() - start
+    return trainer.model.merge_and_unload(), time.perf_counter() - start
 
 
 def decisions_of(method: ATPMethod) -> list[dict[str, list[int]]]:
@@ -401,6 +415,8 @@ def markdown(results: dict[str, Any]) -> str:
         )
 
     row("dense", {"scores": results["dense"], "relative_performance": 1.0})
+    if "dense_lora" in results:
+        row("dense + same LoRA", results["dense_lora"])
     for ratio in results["atp"]:
         row(f"ATP {float(ratio):.0%}", results["atp"][ratio])
         if ratio in results.get("baseline", {}):
@@ -441,59 +457,70 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     geometry = ModelGeometry.from_config(dense_model.config)
     decoder = sum(geometry.layer_params(i) for i in range(geometry.num_layers))
     total = geometry.num_parameters()
-    results: dict[str, Any] = {
-        "setting": {
-            "model": args.model,
-            "train_rows": len(train),
-            "calibration_rows": len(calib),
-            "c4_docs": scale.c4_docs,
-            **{k: v for k, v in scale.__dict__.items() if k not in ("c4_docs",)},
-            "learning_rate": args.learning_rate,
-            "generator_lr": args.generator_lr or ATPConfig().generator_lr,
-            "group_lasso_reduction": args.group_lasso_reduction,
-            "lora_r": args.lora_r,
-            "smoke": args.smoke,
-            "device": "cuda" if torch.cuda.is_available() else "cpu",
-        },
-        "atp": {},
-        "baseline": {},
+    setting = {
+        "model": args.model,
+        "train_rows": len(train),
+        "calibration_rows": len(calib),
+        "c4_docs": scale.c4_docs,
+        **{k: v for k, v in scale.__dict__.items() if k not in ("c4_docs",)},
+        "learning_rate": args.learning_rate,
+        "generator_lr": args.generator_lr or ATPConfig().generator_lr,
+        "group_lasso_reduction": args.group_lasso_reduction,
+        "lora_r": args.lora_r,
+        "smoke": args.smoke,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "seed": args.seed,
     }
-    logger.info("dense evaluation")
-    results["dense"] = evaluate(dense_model, tokenizer, args.data_dir, scale, ppl_ids, args.seed)
+    results = previous_results(out, setting) if args.extend else {"setting": setting, "atp": {}, "baseline": {}}
+    if "dense" not in results:
+        logger.info("dense evaluation")
+        results["dense"] = evaluate(dense_model, tokenizer, args.data_dir, scale, ppl_ids, args.seed)
+        write_report(results, out)
     dense_scores = task_scores(results["dense"])
-    write_report(results, out)
+    if not args.skip_dense_lora and "dense_lora" not in results:
+        logger.info("dense + the same LoRA run (reference for what tuning alone does)")
+        model, seconds = train_lora(dense_model, tokenizer, args, scale, train, out / "dense-lora")
+        scores = evaluate(model, tokenizer, args.data_dir, scale, ppl_ids, args.seed)
+        results["dense_lora"] = {
+            "scores": scores,
+            "relative_performance": relative(scores, dense_scores),
+            "train_seconds": seconds,
+        }
+        del model
+        write_report(results, out)
     del dense_model
     gc.collect()
 
     for ratio in args.ratios:
         key = f"{ratio:.2f}"
         ratio_total = ratio * decoder / total  # the same number of removed parameters, as a fraction of all
-        logger.info("ATP at %.0f%% of the decoder parameters", 100 * ratio)
-        model, tok, method = run_atp(args, scale, ratio, train, calib, out / f"atp-{key}", args.learning_rate)
-        scores = evaluate(model, tok, args.data_dir, scale, ppl_ids, args.seed)
-        decided = method.plan.metadata["decided_sparsity"]
-        if decided < ratio - TARGET_TOLERANCE:
-            logger.warning(
-                "ATP decided only %.3f of the decoder parameters (target %.2f): the generator needs more steps "
-                "(--max-steps) or a larger --generator-lr.",
-                decided,
-                ratio,
-            )
-        results["atp"][key] = {
-            "ratio_decoder": ratio,
-            "decided_decoder_sparsity": decided,
-            "target_reached": decided >= ratio - TARGET_TOLERANCE,
-            "ratio_total": 1.0 - scores["params"] / total,
-            "scores": scores,
-            "relative_performance": relative(scores, dense_scores),
-            "metrics": dict(method.metrics),
-            "layer_pruning_ratios": method.plan.metadata["layer_pruning_ratios"],
-            "decisions": decisions_of(method),
-        }
-        del model
-        gc.collect()
-        write_report(results, out)
-        if not args.skip_baseline:
+        if key not in results["atp"]:
+            logger.info("ATP at %.0f%% of the decoder parameters", 100 * ratio)
+            model, tok, method = run_atp(args, scale, ratio, train, calib, out / f"atp-{key}", args.learning_rate)
+            scores = evaluate(model, tok, args.data_dir, scale, ppl_ids, args.seed)
+            decided = method.plan.metadata["decided_sparsity"]
+            if decided < ratio - TARGET_TOLERANCE:
+                logger.warning(
+                    "ATP decided only %.3f of the decoder parameters (target %.2f): the generator needs more steps "
+                    "(--max-steps) or a larger --generator-lr.",
+                    decided,
+                    ratio,
+                )
+            results["atp"][key] = {
+                "ratio_decoder": ratio,
+                "decided_decoder_sparsity": decided,
+                "target_reached": decided >= ratio - TARGET_TOLERANCE,
+                "ratio_total": 1.0 - scores["params"] / total,
+                "scores": scores,
+                "relative_performance": relative(scores, dense_scores),
+                "metrics": dict(method.metrics),
+                "layer_pruning_ratios": method.plan.metadata["layer_pruning_ratios"],
+                "decisions": decisions_of(method),
+            }
+            del model
+            gc.collect()
+            write_report(results, out)
+        if not args.skip_baseline and key not in results["baseline"]:
             logger.info("two-stage baseline (depgraph + LoRA) at %.4f of all parameters", ratio_total)
             model, tok, plan, seconds = run_baseline(args, scale, ratio_total, train, calib, out / f"baseline-{key}")
             scores = evaluate(model, tok, args.data_dir, scale, ppl_ids, args.seed)
@@ -508,7 +535,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             gc.collect()
             write_report(results, out)
 
-    if not args.skip_fig3:
+    if not args.skip_fig3 and "fig3" not in results:
         ratio = args.ratios[0]
         key = f"{ratio:.2f}"
         logger.info("Fig. 3: ATP at %.0f%% without LoRA tuning (learning rate 0)", 100 * ratio)
@@ -525,6 +552,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     write_report(results, out)
     logger.info("wrote %s", out / "atp_healthcare.md")
+    return results
+
+
+def previous_results(out: Path, setting: dict[str, Any]) -> dict[str, Any]:
+    """The report in `out` to extend; its setting must equal this run's (keys the old report lacks are logged)."""
+    path = out / "atp_healthcare.json"
+    if not path.is_file():
+        raise ValueError(f"--extend: no report to extend at {path}.")
+    results = json.loads(path.read_text())
+    old = results["setting"]
+    differing = {k: (old[k], setting[k]) for k in old.keys() & setting.keys() if old[k] != setting[k]}
+    if differing or old.keys() - setting.keys():
+        raise ValueError(f"--extend: the report at {path} was measured at another setting: {differing or old}.")
+    if setting.keys() - old.keys():
+        logger.warning("--extend: the report at %s does not record %s", path, sorted(setting.keys() - old.keys()))
+    results["setting"] = {**setting, **old}
+    results.setdefault("baseline", {})
     return results
 
 
