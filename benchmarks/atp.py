@@ -63,6 +63,7 @@ from tailored_hf.eval.domain import evaluate_domain_task  # noqa: E402
 from tailored_hf.methods.atp import ATPConfig, ATPMethod  # noqa: E402
 from tailored_hf.methods.depgraph import DepGraphConfig, prune  # noqa: E402
 from tailored_hf.structure import ModelGeometry, count_parameters  # noqa: E402
+from tailored_hf.structure.plan import atomic_write_text  # noqa: E402
 
 logger = logging.getLogger("benchmarks.atp")
 
@@ -576,8 +577,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     """JSON, Markdown and Fig. 4 of what has been measured so far (called after every run: CPU runs take hours)."""
     if results["atp"]:
         plot_fig4(results, out / "atp_fig4_layer_ratios.png")
-    (out / "atp_healthcare.json").write_text(json.dumps(results, indent=1))
-    (out / "atp_healthcare.md").write_text(markdown(results))
+    atomic_write_text(out / "atp_healthcare.json", json.dumps(results, indent=1))
+    atomic_write_text(out / "atp_healthcare.md", markdown(results))
 
 
 if __name__ == "__main__":

@@ -370,7 +370,37 @@ def l0_quality_lines(nuteprune: dict[str, Any] | None) -> list[str]:
     ]
 
 
-def moonshot_section(ours: dict[str, Any] | None, nuteprune: dict[str, Any] | None = None) -> list[str]:
+def atp_quality_lines(atp: dict[str, Any] | None) -> list[str]:
+    """ATP beside the moonshot: its HealthCare-domain relative performance (Eq. 9) and the two-stage baseline's, from
+    `atp.py`'s own run (a different domain and metric from the 7 tasks, so context only)."""
+    if not atp or not atp.get("atp"):
+        return ["ATP: HealthCare quality not measured (`benchmarks/atp.py`)."]
+    s = atp["setting"]
+    parts = []
+    for key, entry in atp["atp"].items():
+        text = f"{float(key):.0%} of the decoder: ATP {share_text(entry.get('relative_performance'))}"
+        if not entry.get("target_reached", True):
+            text += " (target not reached)"
+        baseline = atp.get("baseline", {}).get(key)
+        if baseline:
+            text += f", depgraph + LoRA {share_text(baseline.get('relative_performance'))}"
+        parts.append(text)
+    reference = atp.get("dense_lora")
+    tuned = f"; dense + the same LoRA {share_text(reference.get('relative_performance'))}" if reference else ""
+    return [
+        f"ATP, HealthCare domain (PubMedQA macro-F1 + HQS ROUGE, relative performance = mean of pruned / dense, Eq. 9; "
+        f"{s['max_steps']} steps x {s['batch_size']} rows, {s['eval_limit'] or 'all'} test items per task): "
+        f"{'; '.join(parts)}{tuned} (`benchmarks/results/atp_healthcare.md`)."
+    ]
+
+
+def share_text(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1%}"
+
+
+def moonshot_section(
+    ours: dict[str, Any] | None, nuteprune: dict[str, Any] | None = None, atp: dict[str, Any] | None = None
+) -> list[str]:
     lines = ["## 5. The moonshot: share of the dense 7-task mean kept after task-specific recovery", ""]
     if ours is None:
         return lines + ["Not measured: run `benchmarks/tailored_llama.py`.", ""]
@@ -386,7 +416,7 @@ def moonshot_section(ours: dict[str, Any] | None, nuteprune: dict[str, Any] | No
         "paper's headline on a 7B model).",
         "",
         *l0_quality_lines(nuteprune),
-        "ATP's HealthCare quality run (`benchmarks/atp.py`) is GPU-scale and not run here.",
+        *atp_quality_lines(atp),
         "",
         "| model | " + " | ".join(tasks) + " | mean | share of dense | target | status |",
         "|---" * (len(tasks) + 5) + "|",
@@ -427,7 +457,7 @@ def moonshot_section(ours: dict[str, Any] | None, nuteprune: dict[str, Any] | No
     return lines + [""] + notes + [""]
 
 
-def render(perf, overhead, ours, peer, nuteprune=None) -> str:
+def render(perf, overhead, ours, peer, nuteprune=None, atp=None) -> str:
     lines = [
         "# tailored_hf performance report (issue 9)",
         "",
@@ -440,7 +470,7 @@ def render(perf, overhead, ours, peer, nuteprune=None) -> str:
     lines += overhead_section(overhead, nuteprune)
     lines += inference_section(perf)
     lines += peer_section(ours, peer)
-    lines += moonshot_section(ours, nuteprune)
+    lines += moonshot_section(ours, nuteprune, atp)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -456,6 +486,7 @@ def main() -> None:
         load("tailored_llama"),
         load("torch_pruning"),
         load("nuteprune"),
+        load("atp_healthcare"),
     )
     REPORT.write_text(text)
     print(text)
