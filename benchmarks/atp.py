@@ -71,6 +71,8 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 TASKS = ("pubmedqa", "hqs")
 PROMPT = "tailored"
 TARGET_TOLERANCE = 0.02
+#: Above this fraction of PubMedQA answers without a label, the findings say its macro-F1 measures answer format.
+UNPARSED_WARNING = 0.5
 
 
 @dataclass
@@ -400,10 +402,9 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "MedNLI is not available offline (PhysioNet licence); relative performance (Eq. 9) averages PubMedQA and HQS.",
         "",
-        "| model | ratio (decoder) | ratio (total) | params | PubMedQA macro-F1 | HQS R1 | HQS R2 | HQS RL "
-        "| domain PPL "
-        "| rel. perf. |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | ratio (decoder) | ratio (total) | params | PubMedQA macro-F1 | PubMedQA unparsed | HQS R1 | HQS R2 "
+        "| HQS RL | domain PPL | rel. perf. |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def row(name: str, entry: dict[str, Any]) -> None:
@@ -411,7 +412,8 @@ def markdown(results: dict[str, Any]) -> str:
         hqs = s["hqs"]
         lines.append(
             f"| {name} | {fmt(entry.get('ratio_decoder'))} | {fmt(entry.get('ratio_total'))} | {s['params']:,} | "
-            f"{fmt(s['pubmedqa']['macro_f1'])} | {fmt(hqs['rouge1'])} | {fmt(hqs['rouge2'])} | {fmt(hqs['rougeL'])} | "
+            f"{fmt(s['pubmedqa']['macro_f1'])} | {fmt(s['pubmedqa'].get('unparsed'))} | {fmt(hqs['rouge1'])} | "
+            f"{fmt(hqs['rouge2'])} | {fmt(hqs['rougeL'])} | "
             f"{fmt(s['domain_ppl'])} | {fmt(entry.get('relative_performance'))} |"
         )
 
@@ -433,13 +435,59 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(
             f"- {float(ratio):.0%}: decided {fmt(entry.get('decided_decoder_sparsity'))} of the decoder{reached}; "
             f"loss {fmt(m.get('removal_loss_before'))} -> {fmt(m.get('removal_loss_after'))} "
-            f"(delta {fmt(m.get('removal_loss_delta'))}); clamped groups {int(m.get('clamped_groups', 0))}"
+            f"(delta {m.get('removal_loss_delta', math.nan):.3g}); clamped groups {int(m.get('clamped_groups', 0))}"
         )
     if "fig3" in results:
         lines += ["", f"Fig. 3 mean Hamming difference: {json.dumps(results['fig3']['mean'])}"]
     figures = ["`atp_fig4_layer_ratios.png`"] + (["`atp_fig3_hamming.png`"] if "fig3" in results else [])
     lines += ["", f"Figures: {', '.join(figures)}."]
+    found = findings(results)
+    if found:
+        lines += ["", "## Findings", "", *(f"- {line}" for line in found)]
     return "\n".join(lines) + "\n"
+
+
+def findings(results: dict[str, Any]) -> list[str]:
+    """Plain statements read off the numbers: who is ahead at each ratio, and which scores carry little signal."""
+    lines = []
+    n = results["dense"]["pubmedqa"].get("n")
+    for key, entry in results["atp"].items():
+        baseline = results.get("baseline", {}).get(key)
+        if baseline is None or entry.get("relative_performance") is None:
+            continue
+        ours, theirs = entry["relative_performance"], baseline["relative_performance"]
+        if theirs is None:
+            continue
+        ahead = "ATP" if ours > theirs else "the two-stage baseline"
+        lines.append(
+            f"{float(key):.0%} of the decoder: relative performance ATP {ours:.1%} vs depgraph + LoRA {theirs:.1%} "
+            f"({ahead} ahead); domain perplexity {entry['scores']['domain_ppl']:.1f} vs "
+            f"{baseline['scores']['domain_ppl']:.1f} (dense {results['dense']['domain_ppl']:.1f})."
+        )
+    lost = [
+        name
+        for name, entry in [("dense", {"scores": results["dense"]}), *named_entries(results)]
+        if entry["scores"]["pubmedqa"].get("unparsed", 0.0) > UNPARSED_WARNING
+    ]
+    if lost:
+        lines.append(
+            f"PubMedQA answers with no yes/no/maybe label in more than {UNPARSED_WARNING:.0%} of the {n} items: "
+            f"{', '.join(lost)}; their macro-F1 measures lost answer format more than medical QA."
+        )
+    lines.append(
+        f"Each score is over {n} test items per task (one sampled generation run each): differences of a few points "
+        "in macro-F1 or ROUGE are within sampling noise at this size."
+    )
+    return lines
+
+
+def named_entries(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    entries = [("dense + same LoRA", results["dense_lora"])] if "dense_lora" in results else []
+    for key, entry in results["atp"].items():
+        entries.append((f"ATP {float(key):.0%}", entry))
+        if key in results.get("baseline", {}):
+            entries.append((f"depgraph + LoRA {float(key):.0%}", results["baseline"][key]))
+    return entries
 
 
 # ---------------------------------------------------------------------------------------------------- main
