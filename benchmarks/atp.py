@@ -21,6 +21,13 @@ Full scale (the lead's run; not timed here: 5 LoRA runs of 3000 steps plus 5 sam
 
     .venv/bin/python benchmarks/atp.py --data-dir ../shared/data --out benchmarks/results
 
+CPU scale (the committed report; about 2 h on 2 cores: 200 steps x 1 row per LoRA run, 50 test items per task,
+the generator at 20x the paper's lr, which reached 40% within T_end = 100 generator steps but stopped at 42.8% when
+aiming at 50%; the dense + same-LoRA row added afterwards with `--extend`):
+
+    .venv/bin/python benchmarks/atp.py --ratios 0.4 0.5 --max-steps 200 --batch-size 1 --max-length 512 \
+        --calibration-seq-len 256 --generator-lr 1e-2 --eval-limit 50 --num-runs 1 --ppl-windows 64
+
 Smoke test (a few minutes on CPU; numbers meaningless):
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/atp.py --data-dir ../shared/data --smoke --ratios 0.4 \
@@ -464,6 +471,22 @@ def findings(results: dict[str, Any]) -> list[str]:
             f"({ahead} ahead); domain perplexity {entry['scores']['domain_ppl']:.1f} vs "
             f"{baseline['scores']['domain_ppl']:.1f} (dense {results['dense']['domain_ppl']:.1f})."
         )
+    for key, entry in results["atp"].items():
+        if entry.get("target_reached", True) or entry.get("relative_performance") is None:
+            continue
+        others = sorted(
+            (b["ratio_total"], b["relative_performance"], k)
+            for k, b in results.get("baseline", {}).items()
+            if b.get("relative_performance") is not None
+        )
+        if others:
+            listed = ", ".join(f"{r:.1%} ({k}: {perf:.1%})" for r, perf, k in others)
+            lines.append(
+                f"ATP's {float(key):.0%} run decided only {entry['decided_decoder_sparsity']:.1%} of the decoder "
+                f"({entry['ratio_total']:.1%} of all parameters), so it is not at its baseline's parameter count; "
+                f"relative performance {entry['relative_performance']:.1%} beside the baselines by share of all "
+                f"parameters removed: {listed}."
+            )
     lost = [
         name
         for name, entry in [("dense", {"scores": results["dense"]}), *named_entries(results)]
