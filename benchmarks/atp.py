@@ -145,6 +145,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="Keep the runs already in `--out`'s report (same setting required) and run only the missing ones.",
     )
+    parser.add_argument(
+        "--rerun-atp",
+        action="store_true",
+        help="With --extend: rerun the ATP runs of --ratios even if present (e.g. one that fell short of its target "
+        "with a larger --generator-lr, recorded per run); baselines and Fig. 3 are kept.",
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -440,7 +446,8 @@ def markdown(results: dict[str, Any]) -> str:
         m = entry["metrics"]
         reached = "" if entry.get("target_reached", True) else " **TARGET NOT REACHED**"
         lines.append(
-            f"- {float(ratio):.0%}: decided {fmt(entry.get('decided_decoder_sparsity'))} of the decoder{reached}; "
+            f"- {float(ratio):.0%} (generator lr {entry.get('generator_lr', results['setting']['generator_lr']):g}): "
+            f"decided {fmt(entry.get('decided_decoder_sparsity'))} of the decoder{reached}; "
             f"loss {fmt(m.get('removal_loss_before'))} -> {fmt(m.get('removal_loss_after'))} "
             f"(delta {m.get('removal_loss_delta', math.nan):.3g}); clamped groups {int(m.get('clamped_groups', 0))}"
         )
@@ -543,7 +550,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "seed": args.seed,
     }
-    results = previous_results(out, setting) if args.extend else {"setting": setting, "atp": {}, "baseline": {}}
+    if args.rerun_atp and not args.extend:
+        raise ValueError("--rerun-atp replaces runs of an existing report: use it with --extend.")
+    if args.extend:
+        results = previous_results(out, setting, may_differ=("generator_lr",) if args.rerun_atp else ())
+    else:
+        results = {"setting": setting, "atp": {}, "baseline": {}}
     if "dense" not in results:
         logger.info("dense evaluation")
         results["dense"] = evaluate(dense_model, tokenizer, args.data_dir, scale, ppl_ids, args.seed)
@@ -566,7 +578,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for ratio in args.ratios:
         key = f"{ratio:.2f}"
         ratio_total = ratio * decoder / total  # the same number of removed parameters, as a fraction of all
-        if key not in results["atp"]:
+        if key not in results["atp"] or args.rerun_atp:
             logger.info("ATP at %.0f%% of the decoder parameters", 100 * ratio)
             model, tok, method = run_atp(args, scale, ratio, train, calib, out / f"atp-{key}", args.learning_rate)
             scores = evaluate(model, tok, args.data_dir, scale, ppl_ids, args.seed)
@@ -580,6 +592,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 )
             results["atp"][key] = {
                 "ratio_decoder": ratio,
+                "generator_lr": setting["generator_lr"],
                 "decided_decoder_sparsity": decided,
                 "target_reached": decided >= ratio - TARGET_TOLERANCE,
                 "ratio_total": 1.0 - scores["params"] / total,
@@ -627,14 +640,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return results
 
 
-def previous_results(out: Path, setting: dict[str, Any]) -> dict[str, Any]:
-    """The report in `out` to extend; its setting must equal this run's (keys the old report lacks are logged)."""
+def previous_results(out: Path, setting: dict[str, Any], may_differ: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The report in `out` to extend; its setting must equal this run's except for `may_differ` (keys the old report
+    lacks are logged)."""
     path = out / "atp_healthcare.json"
     if not path.is_file():
         raise ValueError(f"--extend: no report to extend at {path}.")
     results = json.loads(path.read_text())
     old = results["setting"]
-    differing = {k: (old[k], setting[k]) for k in old.keys() & setting.keys() if old[k] != setting[k]}
+    differing = {
+        k: (old[k], setting[k]) for k in old.keys() & setting.keys() if old[k] != setting[k] and k not in may_differ
+    }
     if differing or old.keys() - setting.keys():
         raise ValueError(f"--extend: the report at {path} was measured at another setting: {differing or old}.")
     if setting.keys() - old.keys():
