@@ -80,6 +80,7 @@ PROMPT = "tailored"
 TARGET_TOLERANCE = 0.02
 #: Above this fraction of PubMedQA answers without a label, the findings say its macro-F1 measures answer format.
 UNPARSED_WARNING = 0.5
+KIND_LABELS = {"qk": "D_QK", "v": "D_V", "ffn": "D_GU"}
 
 
 @dataclass
@@ -494,6 +495,19 @@ def findings(results: dict[str, Any]) -> list[str]:
                 f"relative performance {entry['relative_performance']:.1%} beside the baselines by share of all "
                 f"parameters removed: {listed}."
             )
+    fig3 = results.get("fig3")
+    tuned = results["atp"].get(f"{fig3['ratio']:.2f}") if fig3 else None
+    if fig3 and tuned:
+        ratios = tuned["layer_pruning_ratios"]
+        kinds = list(fig3["mean"])
+        chance = {k: sum(2 * r[k] * (1 - r[k]) for r in ratios) / len(ratios) for k in kinds}
+        lines.append(
+            "Fig. 3: LoRA tuning changes the decisions; mean Hamming difference with vs without it "
+            + ", ".join(f"{KIND_LABELS[k]} {fig3['mean'][k]:.2f}" for k in kinds)
+            + " (two independent random masks with the tuned run's per-layer pruned fractions: "
+            + ", ".join(f"{KIND_LABELS[k]} {chance[k]:.2f}" for k in kinds)
+            + ")."
+        )
     lost = [
         name
         for name, entry in [("dense", {"scores": results["dense"]}), *named_entries(results)]
