@@ -131,6 +131,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--generator-lr", type=float, default=None, help="ATP generator AdamW lr (default: the paper's 5e-4)."
     )
+    parser.add_argument(
+        "--alpha", type=float, default=None, help="ATP's weight of the parameter-matching loss L_s (default: 5)."
+    )
     parser.add_argument("--lora-r", type=int, default=8)
     parser.add_argument("--lora-alpha", type=int, default=16)
     parser.add_argument(
@@ -288,6 +291,7 @@ def run_atp(args, scale, ratio, train, calib, out: Path, learning_rate: float):
         sparsity_scope="decoder",
         group_lasso_reduction=args.group_lasso_reduction,
         **({} if args.generator_lr is None else {"generator_lr": args.generator_lr}),
+        **({} if args.alpha is None else {"alpha": args.alpha}),
         calibration_batch_size=scale.batch_size,
         calibration_seq_len=scale.calibration_seq_len,
         seed=args.seed,
@@ -447,7 +451,8 @@ def markdown(results: dict[str, Any]) -> str:
         m = entry["metrics"]
         reached = "" if entry.get("target_reached", True) else " **TARGET NOT REACHED**"
         lines.append(
-            f"- {float(ratio):.0%} (generator lr {entry.get('generator_lr', results['setting']['generator_lr']):g}): "
+            f"- {float(ratio):.0%} (generator lr {entry.get('generator_lr', results['setting']['generator_lr']):g}, "
+            f"alpha {entry.get('alpha', results['setting'].get('alpha', 5.0)):g}): "
             f"decided {fmt(entry.get('decided_decoder_sparsity'))} of the decoder{reached}; "
             f"loss {fmt(m.get('removal_loss_before'))} -> {fmt(m.get('removal_loss_after'))} "
             f"(delta {m.get('removal_loss_delta', math.nan):.3g}); clamped groups {int(m.get('clamped_groups', 0))}"
@@ -558,6 +563,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **{k: v for k, v in scale.__dict__.items() if k not in ("c4_docs",)},
         "learning_rate": args.learning_rate,
         "generator_lr": args.generator_lr or ATPConfig().generator_lr,
+        "alpha": ATPConfig().alpha if args.alpha is None else args.alpha,
         "group_lasso_reduction": args.group_lasso_reduction,
         "lora_r": args.lora_r,
         "smoke": args.smoke,
@@ -567,7 +573,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.rerun_atp and not args.extend:
         raise ValueError("--rerun-atp replaces runs of an existing report: use it with --extend.")
     if args.extend:
-        results = previous_results(out, setting, may_differ=("generator_lr",) if args.rerun_atp else ())
+        results = previous_results(out, setting, may_differ=("generator_lr", "alpha") if args.rerun_atp else ())
     else:
         results = {"setting": setting, "atp": {}, "baseline": {}}
     if "dense" not in results:
@@ -607,6 +613,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results["atp"][key] = {
                 "ratio_decoder": ratio,
                 "generator_lr": setting["generator_lr"],
+                "alpha": setting["alpha"],
                 "decided_decoder_sparsity": decided,
                 "target_reached": decided >= ratio - TARGET_TOLERANCE,
                 "ratio_total": 1.0 - scores["params"] / total,
@@ -667,8 +674,14 @@ def previous_results(out: Path, setting: dict[str, Any], may_differ: tuple[str, 
     }
     if differing or old.keys() - setting.keys():
         raise ValueError(f"--extend: the report at {path} was measured at another setting: {differing or old}.")
-    if setting.keys() - old.keys():
-        logger.warning("--extend: the report at %s does not record %s", path, sorted(setting.keys() - old.keys()))
+    unrecorded = setting.keys() - old.keys()
+    if unrecorded & set(may_differ):
+        raise ValueError(
+            f"--extend: the report at {path} does not record {sorted(unrecorded & set(may_differ))}, so the runs kept "
+            "would be labelled with this run's values; add them to its setting first."
+        )
+    if unrecorded:
+        logger.warning("--extend: the report at %s does not record %s", path, sorted(unrecorded))
     results["setting"] = {**setting, **old}
     results.setdefault("baseline", {})
     return results
