@@ -70,7 +70,7 @@ import tailored_hf  # noqa: E402
 from tailored_hf import PrunerCallback  # noqa: E402
 from tailored_hf.data import load_task_split, map_for_training  # noqa: E402
 from tailored_hf.data.calibration import load_calibration_texts  # noqa: E402
-from tailored_hf.eval import GenerationSettings, relative_performance, token_perplexity  # noqa: E402
+from tailored_hf.eval import GenerationSettings, relative_performance, task_score, token_perplexity  # noqa: E402
 from tailored_hf.eval.domain import evaluate_domain_task  # noqa: E402
 from tailored_hf.methods.atp import ATPConfig, ATPMethod  # noqa: E402
 from tailored_hf.methods.depgraph import DepGraphConfig, prune  # noqa: E402
@@ -505,6 +505,19 @@ def findings(results: dict[str, Any]) -> list[str]:
                 f"relative performance {entry['relative_performance']:.1%} beside the baselines by share of all "
                 f"parameters removed: {listed}."
             )
+    dense = task_scores(results["dense"])
+    if all(task_score(value) for value in dense.values()):
+        per_task = []
+        for name, entry in named_entries(results):
+            scores = task_scores(entry["scores"])
+            per_task.append(
+                f"{name} " + " / ".join(f"{task_score(scores[t]) / task_score(dense[t]):.2f}" for t in TASKS)
+            )
+        lines.append(
+            f"Relative performance per task ({' / '.join(TASKS)}, pruned / dense; HQS averages R1/R2/RL): "
+            + "; ".join(per_task)
+            + "."
+        )
     fig3 = results.get("fig3")
     tuned = results["atp"].get(f"{fig3['ratio']:.2f}") if fig3 else None
     if fig3 and tuned:
