@@ -155,6 +155,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Keep the runs already in `--out`'s report (same setting required) and run only the missing ones.",
     )
     parser.add_argument(
+        "--report-only", action="store_true", help="Rewrite the Markdown and Fig. 4 from `--out`'s JSON; run nothing."
+    )
+    parser.add_argument(
         "--rerun-atp",
         action="store_true",
         help="With --extend: rerun the ATP runs of --ratios even if present (e.g. one that fell short of its target "
@@ -563,6 +566,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     scale = resolve_scale(args)
     out = Path(args.out)
+    if args.report_only:
+        results = json.loads((out / "atp_healthcare.json").read_text())
+        write_report(results, out)
+        return results
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
 
