@@ -465,6 +465,12 @@ def markdown(results: dict[str, Any]) -> str:
             f"loss {fmt(m.get('removal_loss_before'))} -> {fmt(m.get('removal_loss_after'))} "
             f"(delta {m.get('removal_loss_delta', math.nan):.3g}); clamped groups {int(m.get('clamped_groups', 0))}"
         )
+    for name, entry in results.get("superseded", {}).items():
+        lines.append(
+            f"- superseded `{name}` (generator lr {entry['generator_lr']:g}, alpha {entry['alpha']:g}): decided "
+            f"{fmt(entry['decided_decoder_sparsity'])} of the decoder ({entry['ratio_total']:.1%} of all parameters), "
+            f"relative performance {fmt(entry['relative_performance'])}, domain PPL {fmt(entry['scores']['domain_ppl'])}"
+        )
     if "fig3" in results:
         lines += ["", f"Fig. 3 mean Hamming difference: {json.dumps(results['fig3']['mean'])}"]
     figures = ["`atp_fig4_layer_ratios.png`"] + (["`atp_fig3_hamming.png`"] if "fig3" in results else [])
