@@ -352,11 +352,15 @@ def train_lora(model, tokenizer, args, scale, train, out: Path):
     return trainer.model.merge_and_unload(), time.perf_counter() - start
 
 
-def decisions_of(method: ATPMethod) -> list[dict[str, list[int]]]:
-    return [{k: d.get(k).int().tolist() for k in ("qk", "v", "ffn") if d.get(k) is not None} for d in method.decisions]
+def decisions_of(method: ATPMethod) -> list[dict[str, str]]:
+    """Per layer and kind, the kept (1) / pruned (0) groups as a string of digits: compact in the JSON report."""
+    return [
+        {k: "".join(str(v) for v in d.get(k).int().tolist()) for k in ("qk", "v", "ffn") if d.get(k) is not None}
+        for d in method.decisions
+    ]
 
 
-def hamming(a: list[dict[str, list[int]]], b: list[dict[str, list[int]]]) -> list[dict[str, float]]:
+def hamming(a: list[dict[str, str]], b: list[dict[str, str]]) -> list[dict[str, float]]:
     """Per layer and kind, the fraction of groups whose decisions differ (Fig. 3)."""
     rows = []
     for index, (x, y) in enumerate(zip(a, b)):
