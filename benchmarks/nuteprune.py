@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from device_setting import load_benchmark_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
@@ -100,6 +101,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--report-only", action="store_true", help="re-render the Markdown from the JSON at --out; run nothing"
     )
     parser.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu' or 'cuda'")
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="cost only: build `--model` (config + tokenizer folder) with random weights, where the real ones cannot "
+        "travel (a lent GPU); memory and step time depend on shapes only",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(RESULTS_DIR / "nuteprune"))
     parser.add_argument("--measure-step", choices=STEP_KINDS, help=argparse.SUPPRESS)  # internal: one subprocess
@@ -210,11 +217,11 @@ class _NaiveTeacher:
 
 def measure_step(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     """One step kind in this process: peak RSS / CUDA memory and per-step time over `cost_steps` timed steps."""
-    from tailored_hf import PrunerCallback, load_model
+    from tailored_hf import PrunerCallback
     from tailored_hf.peft_wrappers import trainable_parameters
 
     device = device_of(args)
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_benchmark_model(args.model, args.random_weights, args.seed)
     model = lora_model(model.to(device), args)
     timer = _StepTimer(device)
     callbacks: list = [timer.callback]
@@ -284,6 +291,22 @@ def run_step_subprocess(kind: str, argv: list[str], env: dict[str, str]) -> dict
 
 def measure_costs(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     results = {kind: run_step_subprocess(kind, argv, os.environ.copy()) for kind in STEP_KINDS}
+    lora, nute, naive = results["lora"], results["nuteprune"], results["naive_kd"]
+    if "peak_cuda_mb" in lora:
+        # On a GPU the figure is the peak of CUDA memory allocated: exact live tensors, no allocator view to add.
+        cuda = {kind: results[kind]["peak_cuda_mb"] for kind in STEP_KINDS}
+        results["summary"] = {
+            "cuda_ratio_nuteprune_vs_lora": cuda["nuteprune"] / cuda["lora"],
+            "cuda_ratio_naive_kd_vs_lora": cuda["naive_kd"] / cuda["lora"],
+            "cuda_ratio_two_model_nuteprune_vs_lora": (cuda["nuteprune"] + naive["teacher_copy_mb"]) / cuda["lora"],
+            "memory_claim_met": cuda["nuteprune"] / cuda["lora"] <= MEMORY_CLAIM,
+            "step_time_ratio": nute["mean_step_seconds"] / lora["mean_step_seconds"],
+            "overhead_seconds": nute["mean_step_seconds"] - lora["mean_step_seconds"],
+            "floor_seconds_one_teacher_forward": lora["teacher_forward_seconds"],
+            # Teacher snapshots live in CPU memory, outside this figure: what a full run holds there.
+            "snapshot_mb_full_run": nute["snapshot_mb_full_run"],
+        }
+        return results
     live_env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(LIVE_MMAP_THRESHOLD)}
     live = {kind: run_step_subprocess(kind, argv, live_env) for kind in ("lora", "nuteprune")}
     results["live_memory"] = {
@@ -293,7 +316,6 @@ def measure_costs(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             for kind, r in live.items()
         },
     }
-    lora, nute, naive = results["lora"], results["nuteprune"], results["naive_kd"]
     results["summary"] = {
         "rss_ratio_nuteprune_vs_lora": nute["peak_rss_mb"] / lora["peak_rss_mb"],
         "rss_ratio_naive_kd_vs_lora": naive["peak_rss_mb"] / lora["peak_rss_mb"],
@@ -311,9 +333,6 @@ def measure_costs(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "overhead_seconds": nute["mean_step_seconds"] - lora["mean_step_seconds"],
         "floor_seconds_one_teacher_forward": lora["teacher_forward_seconds"],
     }
-    if "peak_cuda_mb" in lora:
-        results["summary"]["cuda_ratio_nuteprune_vs_lora"] = nute["peak_cuda_mb"] / lora["peak_cuda_mb"]
-        results["summary"]["cuda_ratio_naive_kd_vs_lora"] = naive["peak_cuda_mb"] / lora["peak_cuda_mb"]
     return results
 
 
@@ -396,15 +415,30 @@ def render(report: dict[str, Any]) -> str:
             f"{cfg['lora_targets']}; NutePrune: progressive KD with the layer-wise term, target "
             f"{float(cfg['targets'].split(',')[0]):.0%}; mean of {cfg['cost_steps']} timed steps after a warm-up.",
             "",
-            "| step | peak RSS (MB) | vs LoRA | mean step (s) | vs LoRA |",
-            "|---|---|---|---|---|",
         ]
+        on_gpu = "cuda_ratio_two_model_nuteprune_vs_lora" in s
+        memory, label = ("peak_cuda_mb", "peak CUDA memory allocated") if on_gpu else ("peak_rss_mb", "peak RSS")
+        lines += [f"| step | {label} (MB) | vs LoRA | mean step (s) | vs LoRA |", "|---|---|---|---|---|"]
         for kind in STEP_KINDS:
             r = costs[kind]
             lines.append(
-                f"| {kind} | {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] / costs['lora']['peak_rss_mb']:.3f}x | "
+                f"| {kind} | {r[memory]:.0f} | {r[memory] / costs['lora'][memory]:.3f}x | "
                 f"{r['mean_step_seconds']:.3f} | {r['mean_step_seconds'] / costs['lora']['mean_step_seconds']:.2f}x |"
             )
+        if on_gpu:
+            lines += [
+                "",
+                f"NutePrune peak CUDA memory / LoRA: **{s['cuda_ratio_nuteprune_vs_lora']:.3f}x** (claim <= "
+                f"{MEMORY_CLAIM}x: {'met' if s['memory_claim_met'] else 'NOT met'}); naive two-model KD, i.e. the "
+                f"same step with a resident teacher copy ({costs['naive_kd'].get('teacher_copy_mb', 0):.0f} MB): "
+                f"{s['cuda_ratio_two_model_nuteprune_vs_lora']:.3f}x; plain LoRA plus that copy's no-grad forward "
+                f"(`naive_kd`): {s['cuda_ratio_naive_kd_vs_lora']:.3f}x. Teacher snapshots stay in CPU memory "
+                f"({s['snapshot_mb_full_run']:.0f} MB for a full run), not on the GPU.",
+                f"Step-time overhead: {s['overhead_seconds']:.3f} s/step ({s['step_time_ratio']:.2f}x); floor = one "
+                f"extra no-grad teacher forward = {s['floor_seconds_one_teacher_forward']:.3f} s.",
+                "",
+            ]
+    if costs and not on_gpu:
         lines += [
             "",
             f"NutePrune peak RSS / LoRA: **{s['rss_ratio_nuteprune_vs_lora']:.3f}x** (claim <= {MEMORY_CLAIM}x: "
@@ -433,6 +467,8 @@ def render(report: dict[str, Any]) -> str:
                 "allocator ratio above is fragmentation, not tensors the method keeps.",
                 "",
             ]
+    if report.get("random_weights"):
+        lines += ["Random weights of the real shapes: memory and step time depend on shapes only.", ""]
     if report.get("quality"):
         lines += quality_lines(report["quality"])
     return "\n".join(lines) + "\n"
@@ -604,7 +640,10 @@ def main(argv: list[str] | None = None) -> None:
             "machine": platform.processor() or platform.machine(),
             "torch_threads": torch.get_num_threads(),
             "device": str(device_of(args)),
+            "random_weights": args.random_weights,
         }
+        if args.random_weights and not args.skip_quality:
+            raise SystemExit("--random-weights measures cost only: add --skip-quality (quality needs real weights).")
         settings = vars(args)
         out.parent.mkdir(parents=True, exist_ok=True)
         if args.skip_cost:

@@ -19,7 +19,10 @@ Measured side by side in one run, seeds fixed:
 
     .venv/bin/python benchmarks/performance.py     # about 5 minutes on 2 quiet cores
 
-Writes `benchmarks/results/performance.{json,md}`.
+Writes `benchmarks/results/performance.{json,md}`. On a lent GPU (`--device cuda`), memory is the peak of CUDA
+memory allocated, times are synchronised, and the larger setting of `benchmarks/gpu/run.sh` applies; the model there
+has random weights of the real shapes, and the pruned layouts are the ones computed here from the real weights
+(`--save-shapes`, then `--shapes-dir` there): see `benchmarks/device_setting.py`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ import copy
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -39,6 +41,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from device_setting import (
+    add_device_arguments,
+    current_memory_mib,
+    load_benchmark_model,
+    peak_memory_mib,
+    reset_peak_memory,
+    resolve_device,
+    synchronize,
+)
 from training_overhead import count_forward_hooks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +69,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.5])
     parser.add_argument("--prefill-tokens", type=int, default=512)
     parser.add_argument("--decode-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=1, help="sequences per prefill and per decode")
+    parser.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16"), help="weights of the inference models"
+    )
+    parser.add_argument(
+        "--save-shapes",
+        help="only prune the real model in every layout and write the configurations (no weights) to this folder",
+    )
+    parser.add_argument(
+        "--shapes-dir", help="build the pruned models from the configurations `--save-shapes` wrote, not by pruning"
+    )
+    add_device_arguments(parser)
     parser.add_argument(
         "--repeats",
         type=int,
@@ -80,15 +103,10 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def load(args: argparse.Namespace):
     from tailored_hf.data import calibration_batches
-    from tailored_hf.loading import load_model
 
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_benchmark_model(args.model, args.random_weights)
     calibration = calibration_batches(
         tokenizer, source="book", n_samples=args.samples, seq_len=args.seq_len, seed=0, data_dir=args.data_dir
     )
@@ -97,13 +115,20 @@ def load(args: argparse.Namespace):
 
 # ------------------------------------------------------------------------------------------------ importance
 def importance_worker(args: argparse.Namespace) -> None:
-    """One variant in a fresh process; prints a JSON line with seconds and the peak-RSS increase."""
+    """One variant in a fresh process; prints a JSON line with seconds and the peak-memory increase."""
     from tailored_hf.methods.depgraph import DepGraphConfig, prune
 
     torch.manual_seed(0)
+    device = resolve_device(args.device)
     model, _, calibration = load(args)
-    model.eval()
-    base = peak_rss_mib()
+    model.to(device).eval()
+    calibration = calibration.to(device)
+    if device.type == "cuda":  # CUDA context, cuBLAS handles and kernel choice: outside the timed pass
+        model(input_ids=calibration[:1], labels=calibration[:1], use_cache=False).loss.backward()
+        model.zero_grad(set_to_none=True)
+        synchronize(device)
+    reset_peak_memory(device)
+    base = current_memory_mib(device)
     variant = args.importance_worker
     start = time.perf_counter()
     if variant == "ours":
@@ -124,8 +149,9 @@ def importance_worker(args: argparse.Namespace) -> None:
             del scores
         for handle in handles:
             handle.remove()
+    synchronize(device)
     seconds = time.perf_counter() - start
-    print(json.dumps({"variant": variant, "seconds": seconds, "peak_increase_mib": peak_rss_mib() - base}))
+    print(json.dumps({"variant": variant, "seconds": seconds, "peak_increase_mib": peak_memory_mib(device) - base}))
 
 
 def measure_importance(args: argparse.Namespace) -> dict[str, Any]:
@@ -135,6 +161,7 @@ def measure_importance(args: argparse.Namespace) -> dict[str, Any]:
         for variant in IMPORTANCE_VARIANTS:
             command = [sys.executable, __file__, "--importance-worker", variant, "--model", args.model]
             command += ["--data-dir", args.data_dir, "--samples", str(args.samples), "--seq-len", str(args.seq_len)]
+            command += ["--device", args.device] + (["--random-weights"] if args.random_weights else [])
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise RuntimeError(f"importance worker {variant} failed:\n{done.stderr[-3000:]}")
@@ -152,19 +179,24 @@ def measure_importance(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ inference
-def best_of(repeats: int, fn) -> float:
+def best_of(repeats: int, fn, device: torch.device) -> float:
     best = float("inf")
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         fn()
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return best
 
 
 def speed_once(model, args: argparse.Namespace) -> dict[str, float]:
-    """One prefill and one greedy decode timing (after a full-size warm-up on the first call)."""
+    """One prefill and one greedy decode timing (after a full-size warm-up on the first call); tokens/s count every
+    sequence of the batch."""
+    device = model.device
     generator = torch.Generator().manual_seed(0)
-    prefill_ids = torch.randint(100, model.config.vocab_size, (1, args.prefill_tokens), generator=generator)
+    shape = (args.batch_size, args.prefill_tokens)
+    prefill_ids = torch.randint(100, model.config.vocab_size, shape, generator=generator).to(device)
     prompt = prefill_ids[:, :32]
     decode_kwargs = dict(
         max_new_tokens=args.decode_tokens, min_new_tokens=args.decode_tokens, do_sample=False, pad_token_id=0
@@ -174,9 +206,44 @@ def speed_once(model, args: argparse.Namespace) -> dict[str, float]:
             model(input_ids=prefill_ids, use_cache=False)  # allocator, kernels
             model.generate(prompt, **decode_kwargs)
             model._warmed_up = True
-        prefill = best_of(1, lambda: model(input_ids=prefill_ids, use_cache=False))
-        decode = best_of(1, lambda: model.generate(prompt, **decode_kwargs))
-    return {"prefill_tok_s": args.prefill_tokens / prefill, "decode_tok_s": args.decode_tokens / decode}
+        prefill = best_of(1, lambda: model(input_ids=prefill_ids, use_cache=False), device)
+        decode = best_of(1, lambda: model.generate(prompt, **decode_kwargs), device)
+    tokens = args.batch_size * args.prefill_tokens, args.batch_size * args.decode_tokens
+    return {"prefill_tok_s": tokens[0] / prefill, "decode_tok_s": tokens[1] / decode}
+
+
+def pruned_layouts(layers: int) -> tuple[tuple[str, dict[str, Any]], ...]:
+    return (
+        ("uniform", {"layer_range": (0, layers)}),
+        ("heterogeneous", {"global_ranking": True}),
+        ("heterogeneous, round_to 32", {"global_ranking": True, "round_to": 32}),
+    )
+
+
+def shapes_folder(layout: str, ratio: float) -> str:
+    return f"{layout.replace(', ', '-').replace(' ', '')}-{ratio}"
+
+
+def build_from_shapes(folder: Path, dtype: torch.dtype):
+    """A pruned model of the shapes `--save-shapes` recorded, random weights: what loads from the Hub, minus values."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=dtype)
+
+
+def save_shapes(args: argparse.Namespace) -> None:
+    """Prunes the real model in every layout and ratio of `measure_inference`; writes each configuration only."""
+    from tailored_hf.methods.depgraph import DepGraphConfig, prune
+
+    torch.manual_seed(0)
+    dense, _, calibration = load(args)
+    for ratio in args.ratios:
+        for layout, kwargs in pruned_layouts(dense.config.num_hidden_layers):
+            model = copy.deepcopy(dense)
+            prune(model, DepGraphConfig(target_sparsity=ratio, **kwargs), calibration=calibration, progress=False)
+            model.config.save_pretrained(Path(args.save_shapes) / shapes_folder(layout, ratio))
+            print(f"{layout} {ratio:.0%}: {sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
 
 
 def measure_inference(args: argparse.Namespace) -> dict[str, Any]:
@@ -186,7 +253,9 @@ def measure_inference(args: argparse.Namespace) -> dict[str, Any]:
     from tailored_hf.structure import count_parameters, save_pruned
 
     torch.manual_seed(0)
+    device, dtype = resolve_device(args.device), getattr(torch, args.dtype)
     dense, _, calibration = load(args)
+    dense.to(dtype)
     layers = dense.config.num_hidden_layers
     models = {"dense": dense.eval()}
     rows: dict[str, dict[str, Any]] = {"dense": {"params": count_parameters(dense)}}
@@ -195,24 +264,24 @@ def measure_inference(args: argparse.Namespace) -> dict[str, Any]:
         dense.save_pretrained(dense_dir)
         rows["dense"]["checkpoint_bytes"] = (dense_dir / "model.safetensors").stat().st_size
         for ratio in args.ratios:
-            for layout, kwargs in (
-                ("uniform", {"layer_range": (0, layers)}),
-                ("heterogeneous", {"global_ranking": True}),
-                ("heterogeneous, round_to 32", {"global_ranking": True, "round_to": 32}),
-            ):
-                model = copy.deepcopy(dense)
-                prune(model, DepGraphConfig(target_sparsity=ratio, **kwargs), calibration=calibration)
-                out = Path(tmp) / f"{layout.replace(', ', '-').replace(' ', '')}-{ratio}"
-                save_pruned(model, out)
-                del model
+            for layout, kwargs in pruned_layouts(layers):
+                out = Path(tmp) / shapes_folder(layout, ratio)
+                if args.shapes_dir:
+                    build_from_shapes(Path(args.shapes_dir) / shapes_folder(layout, ratio), dtype).save_pretrained(out)
+                else:
+                    model = copy.deepcopy(dense).float()  # importance in fp32, as the library computes it
+                    prune(model, DepGraphConfig(target_sparsity=ratio, **kwargs), calibration=calibration)
+                    save_pruned(model.to(dtype), out)
+                    del model
                 name = f"{layout} {ratio:.0%}"
-                models[name] = AutoModelForCausalLM.from_pretrained(out).eval()  # what users load: no masks
+                models[name] = AutoModelForCausalLM.from_pretrained(out, dtype=dtype).eval()  # what users load
                 rows[name] = {
                     "params": count_parameters(models[name]),
                     "model_type": models[name].config.model_type,
                     "forward_hooks": count_forward_hooks(models[name]),
                     "checkpoint_bytes": (out / "model.safetensors").stat().st_size,
                 }
+    models = {name: model.to(device) for name, model in models.items()}
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in models}
     for _ in range(args.repeats):  # round-robin, so that drifts in machine speed hit every model alike
         for name, model in models.items():
@@ -257,13 +326,28 @@ def spread(row: dict[str, Any], key: str) -> str:
 def render(report: dict[str, Any]) -> str:
     imp = report["importance"]
     ratios = imp["ratios"]
-    lines = [
-        f"# Performance: {report['model']} on {report['environment']['cores']} CPU cores",
-        "",
+    env = report["environment"]
+    on_gpu = env.get("device", "cpu") != "cpu"
+    where = env.get("gpu") if on_gpu else f"{env['cores']} CPU cores"
+    lines = [f"# Performance: {report['model']} on {where}", ""]
+    if report.get("random_weights"):
+        lines += [
+            "Random weights of the real shapes (speed and memory depend on shapes only; the real weights cannot "
+            "travel to the lent GPU)"
+            + (
+                ", pruned layouts computed from the real weights on the CPU machine."
+                if report.get("shapes_dir")
+                else "."
+            )
+            + " Quality figures are never taken from such a run.",
+            "",
+        ]
+    memory = "peak CUDA memory allocated" if on_gpu else "peak memory"
+    lines += [
         f"## Importance pass ({report['samples']} x {report['seq_len']} calibration tokens, batch 1; fastest of "
         f"{report['rounds']} interleaved runs per variant, each in a fresh process)",
         "",
-        "| variant | seconds | peak memory increase (MiB) |",
+        f"| variant | seconds | {memory} increase (MiB) |",
         "|---|---|---|",
     ]
     labels = {
@@ -286,9 +370,10 @@ def render(report: dict[str, Any]) -> str:
         f"- memory: ours / floor = {m:.2f} (target <= {TARGET_MEMORY_RATIO}: "
         f"{'met' if m <= TARGET_MEMORY_RATIO else 'missed'}); naive / floor = {ratios['naive_memory_vs_floor']:.2f}",
         "",
-        f"## Inference (prefill 1 x {report['prefill_tokens']} tokens; greedy decode of {report['decode_tokens']} "
-        f"tokens after 32, KV cache; {report['repeats']} interleaved rounds: tok/s is the best round, speed-ups "
-        "are ratios to dense within each round, median over rounds [min-max])",
+        f"## Inference ({report.get('dtype', 'float32')} weights; prefill {report.get('batch_size', 1)} x "
+        f"{report['prefill_tokens']} tokens; greedy decode of {report['decode_tokens']} tokens after 32 for "
+        f"{report.get('batch_size', 1)} sequence(s), KV cache; {report['repeats']} interleaved rounds: tok/s is the "
+        "best round, speed-ups are ratios to dense within each round, median over rounds [min-max])",
         "",
         "| model | params | type | hooks | prefill tok/s | decode tok/s | ideal speed-up | prefill speed-up "
         "| decode speed-up | prefill: share of ideal | decode: share of ideal | checkpoint MiB | bytes/param |",
@@ -320,8 +405,8 @@ def render(report: dict[str, Any]) -> str:
         "Share of ideal = (speed-up - 1) / (parameter ratio - 1): 100% means the time saved is proportional to the "
         "parameters removed; the LM head (tied to the embedding, never pruned here) is inside the parameter ratio.",
         "",
-        f"Reproduce: `.venv/bin/python benchmarks/performance.py`. torch {report['environment']['torch']}, "
-        f"{report['environment']['threads']} threads.",
+        f"Reproduce: `{report.get('command', '.venv/bin/python benchmarks/performance.py')}`. torch {env['torch']}, "
+        f"{env['threads']} threads.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -339,6 +424,9 @@ def main() -> None:
     if args.importance_worker:
         importance_worker(args)
         return
+    if args.save_shapes:
+        save_shapes(args)
+        return
     if args.skip_importance and args.skip_inference:
         raise SystemExit("--skip-importance and --skip-inference together leave nothing to measure")
     previous = previous_report(args) if args.skip_importance or args.skip_inference else None
@@ -348,6 +436,11 @@ def main() -> None:
         "seq_len": args.seq_len,
         "prefill_tokens": args.prefill_tokens,
         "decode_tokens": args.decode_tokens,
+        "batch_size": args.batch_size,
+        "dtype": args.dtype,
+        "random_weights": args.random_weights,
+        "shapes_dir": args.shapes_dir,
+        "command": "python benchmarks/performance.py " + " ".join(sys.argv[1:]),
         "repeats": previous["repeats"] if args.skip_inference else args.repeats,
         "rounds": previous["rounds"] if args.skip_importance else args.rounds,
         "importance": previous["importance"] if args.skip_importance else measure_importance(args),
@@ -357,6 +450,8 @@ def main() -> None:
             "threads": torch.get_num_threads(),
             "cores": os.cpu_count(),
             "machine": platform.machine(),
+            "device": resolve_device(args.device).type,
+            "gpu": torch.cuda.get_device_name() if resolve_device(args.device).type == "cuda" else None,
         },
     }
     out = Path(args.out)

@@ -27,7 +27,9 @@ event handlers per timed training step, and the forward hooks installed on the m
 
     .venv/bin/python benchmarks/training_overhead.py     # ~15 minutes on 2 quiet cores
 
-Writes `benchmarks/results/training_overhead.{json,md}`.
+Writes `benchmarks/results/training_overhead.{json,md}`. On a lent GPU (`--device cuda`, `benchmarks/gpu/run.sh`)
+steps are synchronised and memory is the peak of CUDA memory allocated (`peak_cuda_mib`) instead of peak RSS; the
+model there has random weights of the real shapes (`--random-weights`, see `benchmarks/device_setting.py`).
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -46,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from device_setting import add_device_arguments, load_benchmark_model, peak_memory_mib, resolve_device, synchronize
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
@@ -71,18 +73,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds over the kinds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(RESULTS))
+    add_device_arguments(parser)
     parser.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)  # internal: one kind in this process
     return parser.parse_args(argv)
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 class StepTimer:
     """Times the interval between consecutive `on_step_end` events (install it as the last callback)."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
         from transformers import TrainerCallback
 
         timer = self
@@ -96,10 +95,12 @@ class StepTimer:
                 timer._last = None
 
             def on_step_end(self, *args, **kwargs):
+                synchronize(device)
                 now = time.perf_counter()
                 if timer._last is not None:
                     timer.times.append(now - timer._last)
-                timer.step_rss_mib = peak_rss_mib()  # the high-water mark of the steps, before on_train_end prunes
+                # The high-water mark of the steps, before on_train_end prunes.
+                timer.step_rss_mib = peak_memory_mib(device)
                 timer.hooks_while_training = count_forward_hooks(model)
                 timer._last = now
 
@@ -177,14 +178,19 @@ def method_config(kind: str, args: argparse.Namespace, total_steps: int):
 
 def timed_floors(model, ids: torch.Tensor, repeats: int) -> dict[str, float]:
     """The cost floors: one no-grad forward (a teacher) and one forward + backward (a generator batch)."""
+    device = next(model.parameters()).device
+    ids = ids.to(device)
     forward, forward_backward = [], []
     for _ in range(repeats + 1):
+        synchronize(device)
         start = time.perf_counter()
         with torch.no_grad():
             model(input_ids=ids)
+        synchronize(device)
         forward.append(time.perf_counter() - start)
         start = time.perf_counter()
         model(input_ids=ids, labels=ids).loss.backward()
+        synchronize(device)
         forward_backward.append(time.perf_counter() - start)
         model.zero_grad(set_to_none=True)
     return {"forward": statistics.median(forward[1:]), "forward_backward": statistics.median(forward_backward[1:])}
@@ -196,11 +202,12 @@ def worker(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments
 
-    from tailored_hf import PrunerCallback, load_model
+    from tailored_hf import PrunerCallback
     from tailored_hf.methods.depgraph import DepGraphConfig, prune
 
     torch.manual_seed(args.seed)
-    model, tokenizer = load_model(args.model)
+    device = resolve_device(args.device)
+    model, tokenizer = load_benchmark_model(args.model, args.random_weights, args.seed)
     if kind == "lora_pruned":
         # The same plan as the `depgraph` kind's callback: the config's default book calibration, same seed.
         prune(model, DepGraphConfig(target_sparsity=args.ratio, seed=args.seed), tokenizer=tokenizer, progress=False)
@@ -215,7 +222,7 @@ def worker(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         calibration = batches(tokenizer, args, 8 * args.batch_size, seed_offset=1) if kind.startswith("atp") else None
         callbacks.append(PrunerCallback(method_config(kind, args, total_steps), calibration=calibration))
         clock = HandlerClock(callbacks[-1])  # before the Trainer exists: on_init_end is timed as well
-    timer = StepTimer(model)
+    timer = StepTimer(model, device)
     callbacks.append(timer.callback)
     training_args = TrainingArguments(
         output_dir=str(SCRATCH / kind),
@@ -225,7 +232,7 @@ def worker(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         optim="adamw_torch",
         save_strategy="no",
         report_to=[],
-        use_cpu=True,
+        use_cpu=device.type == "cpu",
         disable_tqdm=True,
         logging_steps=total_steps,
         seed=args.seed,
@@ -234,16 +241,17 @@ def worker(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     trainer = Trainer(
         model=model, args=training_args, train_dataset=rows, processing_class=tokenizer, callbacks=callbacks
     )
-    rss_before = peak_rss_mib()
+    memory = "peak_cuda_mib" if device.type == "cuda" else "peak_rss_mib"
+    memory_before = peak_memory_mib(device)
     trainer.train()
     timed = timer.times[args.warmup_steps :]
     result = {
         "kind": kind,
         "step_seconds": timed,
         "median_step_seconds": statistics.median(timed),
-        "peak_rss_mib": timer.step_rss_mib,
-        "peak_rss_mib_with_train_end": peak_rss_mib(),
-        "peak_rss_mib_before_training": rss_before,
+        memory: timer.step_rss_mib,
+        f"{memory}_with_train_end": peak_memory_mib(device),
+        f"{memory}_before_training": memory_before,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "forward_hooks_while_training": timer.hooks_while_training,
     }
@@ -267,6 +275,11 @@ def run_worker(kind: str, argv: list[str]) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
+def memory_key(row: dict[str, Any]) -> str:
+    """`peak_cuda_mib` for a run on a GPU, else `peak_rss_mib`."""
+    return "peak_cuda_mib" if "peak_cuda_mib" in row else "peak_rss_mib"
+
+
 def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Median step over every timed step of every round, the ratio to the kind's reference, and the floors."""
     median = {kind: statistics.median([t for run in rs for t in run["step_seconds"]]) for kind, rs in runs.items()}
@@ -276,9 +289,10 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     rows = {}
     for kind in runs:
         reference = REFERENCE.get(kind, "lora")
+        memory = memory_key(runs[kind][0])
         row: dict[str, Any] = {
             "median_step_seconds": median[kind],
-            "peak_rss_mib": max(run["peak_rss_mib"] for run in runs[kind]),
+            memory: max(run[memory] for run in runs[kind]),
             "reference": reference,
         }
         hooks = [run["forward_hooks_while_training"] for run in runs[kind] if "forward_hooks_while_training" in run]
@@ -305,15 +319,25 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 def render(report: dict[str, Any]) -> str:
     s = report["settings"]
     floors = report["summary"]["floors"]
+    env = report["environment"]
+    gpu = env.get("gpu")
+    kinds = report["summary"]["kinds"]
+    memory = memory_key(next(iter(kinds.values())))
     lines = [
-        "# Training-step overhead vs a plain LoRA step (SmolLM2-135M-Instruct, CPU)",
+        f"# Training-step overhead vs a plain LoRA step (SmolLM2-135M-Instruct, {gpu or 'CPU'})",
         "",
         f"Batch {s['batch_size']} x {s['seq_len']} C4 tokens, LoRA r=8 on all projections, AdamW, plain `Trainer`; "
         f"pruning target {s['ratio']:.0%}. Median over {s['steps']} timed steps x {s['rounds']} interleaved rounds "
         f"(after {s['warmup_steps']} warm-up steps) of the wall time between consecutive `on_step_end` events; "
-        f"each kind in its own process. {report['environment']['cores']} cores, torch {report['environment']['torch']}.",
+        f"each kind in its own process. {env['cores']} cores, torch {env['torch']}."
+        + (
+            " Random weights of the real shapes (speed and memory depend on shapes only)."
+            if s.get("random_weights")
+            else ""
+        ),
         "",
-        "| step | median s | vs | ratio | target | overhead s | floor | overhead / floor | peak RSS MiB |",
+        f"| step | median s | vs | ratio | target | overhead s | floor | overhead / floor | "
+        f"{'peak CUDA MiB' if memory == 'peak_cuda_mib' else 'peak RSS MiB'} |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for kind, row in report["summary"]["kinds"].items():
@@ -325,7 +349,7 @@ def render(report: dict[str, Any]) -> str:
         reference = row["reference"] if kind != row["reference"] else "—"
         lines.append(
             f"| `{kind}` | {row['median_step_seconds']:.2f} | {reference} | {ratio} | {target} | {overhead} | "
-            f"{floor} | {over_floor} | {row['peak_rss_mib']:.0f} |"
+            f"{floor} | {over_floor} | {row[memory]:.0f} |"
         )
     direct = {k: r for k, r in report["summary"]["kinds"].items() if "callback_seconds_per_step" in r}
     if direct:
@@ -350,7 +374,7 @@ def render(report: dict[str, Any]) -> str:
             f"Floors (timed on the LoRA model, same batch): one no-grad forward {floors['forward']:.2f} s (a KD "
             f"teacher), one forward + backward {floors['forward_backward']:.2f} s (an ATP generator batch).",
         ]
-    lines += ["", "Reproduce: `.venv/bin/python benchmarks/training_overhead.py`."]
+    lines += ["", f"Reproduce: `{report.get('command', '.venv/bin/python benchmarks/training_overhead.py')}`."]
     return "\n".join(lines) + "\n"
 
 
@@ -367,6 +391,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"round {round_index + 1} {kind}: {runs[kind][-1]['median_step_seconds']:.2f} s", flush=True)
     report = {
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "worker")},
+        "command": "python benchmarks/training_overhead.py " + " ".join(argv),
         "runs": runs,
         "summary": summarise(runs),
         "environment": {
@@ -374,6 +399,7 @@ def main(argv: list[str] | None = None) -> None:
             "threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),
+            "gpu": torch.cuda.get_device_name() if resolve_device(args.device).type == "cuda" else None,
         },
     }
     out = Path(args.out)
