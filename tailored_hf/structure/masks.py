@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .. import arch as A
 from .geometry import ModelGeometry
@@ -231,15 +230,15 @@ class RuntimeMasks:
     def _norm_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
         """Recompute RMSNorm over the kept channels (the sliced norm's statistics), then mask.
 
-        When gradients flow, the norm's intermediates are recomputed in the backward pass instead of being kept
-        (`torch.utils.checkpoint`): only its inputs are saved, as for the stock norm, which matters because the
-        hook runs at every RMSNorm of the model on every training step of a soft hidden-dim mask."""
+        When gradients flow, `_MaskedRMSNorm` keeps only the norm's input and one variance per token (as the stock
+        norm does) and differentiates analytically: this hook runs at every RMSNorm of the model on every training
+        step of a soft hidden-dim mask, so neither stored intermediates nor a recomputation are affordable."""
         if self.hidden is None:
             return None
         x, mask, eps = args[0], self.hidden.to(device=args[0].device), _norm_eps(module)
         tensors = (x, module.weight, mask)
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            return checkpoint(masked_rms_norm, *tensors, eps, use_reentrant=False, preserve_rng_state=False)
+            return _MaskedRMSNorm.apply(*tensors, eps)
         return masked_rms_norm(*tensors, eps)
 
     def _layer_hook(self, index: int) -> Callable:
@@ -285,11 +284,61 @@ def _is_product_of(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> bool:
 def masked_rms_norm(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm of `x` over the channels kept by (a possibly soft) `mask`, scaled by `weight` and masked: what the
     norm sliced to the kept channels computes, zero elsewhere."""
-    mask = mask.to(torch.float32)
-    xf = x.to(torch.float32)
-    variance = (xf.pow(2) * mask).sum(-1, keepdim=True) / mask.sum().clamp_min(1.0)
+    return _masked_rms_norm(x, weight, mask, eps)[0]
+
+
+def _masked_rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`masked_rms_norm` and the per-token variance it normalised with (in fp32, or fp64 for fp64 inputs)."""
+    compute = torch.promote_types(x.dtype, torch.float32)
+    maskf = mask.to(compute)
+    xf = x.to(compute)
+    variance = (xf.pow(2) * maskf).sum(-1, keepdim=True) / maskf.sum().clamp_min(1.0)
     normed = (xf * torch.rsqrt(variance + eps)).to(x.dtype)
-    return weight * normed * mask.to(x.dtype)
+    return weight * normed * mask.to(x.dtype), variance
+
+
+class _MaskedRMSNorm(torch.autograd.Function):
+    """`masked_rms_norm` with an analytic backward that saves the input and one fp32 variance per token.
+
+    With n = x r, r = (v + eps)^-1/2, v = sum_c x_c^2 m_c / S, S = max(sum_c m_c, 1) and y = w n m:
+    dL/dw = sum_tokens g n m; dL/dx = g w m r + (dL/dv) 2 x m / S with dL/dv = -r^3 / 2 sum_c g_c w_c m_c x_c;
+    dL/dm_c = sum_tokens (g_c w_c n_c + dL/dv x_c^2 / S) - [S > 1] sum_tokens dL/dv v / S.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, mask, eps):  # noqa: D102
+        out, variance = _masked_rms_norm(x, weight, mask, eps)
+        ctx.save_for_backward(x, weight, mask, variance)
+        ctx.eps = eps
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        x, weight, mask, variance = ctx.saved_tensors
+        need_x, need_weight, need_mask = ctx.needs_input_grad[:3]
+        compute = variance.dtype
+        maskf, xf, g = mask.to(compute), x.to(compute), grad.to(compute)
+        raw_sum = maskf.sum()
+        total = raw_sum.clamp_min(1.0)
+        rstd = torch.rsqrt(variance + ctx.eps)
+        normed = (xf * rstd).to(x.dtype).to(compute)  # the forward's rounding in low precision
+        width = x.shape[-1]
+        grad_x = grad_weight = grad_mask = None
+        if need_weight:
+            grad_weight = (g * normed * maskf).reshape(-1, width).sum(0).to(weight.dtype)
+        if need_x or need_mask:
+            g_normed = g * (weight.to(compute) * maskf)
+            grad_variance = (g_normed * xf).sum(-1, keepdim=True) * (-0.5 * rstd.pow(3))
+        if need_x:
+            grad_x = (g_normed * rstd + grad_variance * (2.0 / total) * xf * maskf).to(x.dtype)
+        if need_mask:
+            per_channel = (g * normed).reshape(-1, width).sum(0) * weight.to(compute)
+            per_channel = per_channel + (grad_variance * xf.pow(2)).reshape(-1, width).sum(0) / total
+            through_sum = -(grad_variance * variance).sum() / total * (raw_sum >= 1.0).to(compute)
+            grad_mask = (per_channel + through_sum).to(mask.dtype)
+        return grad_x, grad_weight, grad_mask, None
 
 
 def _norm_eps(module: nn.Module) -> float:

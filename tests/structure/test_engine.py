@@ -116,7 +116,7 @@ def _soft_mask_step(model, ids, kind: str, reference: bool) -> tuple[torch.Tenso
 
 @pytest.mark.parametrize("kind", ["hidden", "ffn"])
 def test_soft_masks_recompute_instead_of_storing(tiny_model, kind):
-    """Soft hidden masks recompute the masked RMSNorms in backward; soft FFN masks keep act(gate) and up (saved by
+    """Soft hidden masks keep the masked RMSNorms' inputs and a per-token variance only; soft FFN masks keep act(gate) and up (saved by
     the stock product anyway) instead of their product: same loss and mask gradient, fewer bytes kept."""
     ids = input_batch()
     loss, grad, weight_grad, nbytes = _soft_mask_step(tiny_model, ids, kind, reference=False)
@@ -392,3 +392,29 @@ def test_save_into_a_trainer_output_dir_keeps_its_checkpoints(tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
     ids = input_batch()
     torch.testing.assert_close(logits(reloaded, ids), logits(model, ids), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("mask_sum", ["above_one", "below_one", "hard"])
+def test_masked_rms_norm_analytic_backward_matches_autograd(mask_sum):
+    """The soft hidden-mask norm's hand-written backward equals autograd through `masked_rms_norm` (float64
+    gradcheck), with the mask total above one, clamped below one, and for hard masks without a gradient."""
+    from tailored_hf.structure.masks import _MaskedRMSNorm
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 6, generator=generator, dtype=torch.float64, requires_grad=True)
+    weight = (1.0 + 0.1 * torch.randn(6, generator=generator, dtype=torch.float64)).requires_grad_()
+    mask = torch.rand(6, generator=generator, dtype=torch.float64)
+    if mask_sum == "below_one":
+        mask = mask / (2 * mask.sum())
+    elif mask_sum == "hard":
+        mask = (mask > 0.5).to(torch.float64)
+    mask.requires_grad_(mask_sum != "hard")
+    assert torch.autograd.gradcheck(lambda *t: _MaskedRMSNorm.apply(*t, 1e-6), (x, weight, mask))
+    out = _MaskedRMSNorm.apply(x, weight, mask, 1e-6)
+    torch.testing.assert_close(out, masked_rms_norm(x, weight, mask, 1e-6), atol=0, rtol=0)
+    grad = torch.randn(out.shape, generator=generator, dtype=torch.float64)
+    inputs = [t for t in (x, weight, mask) if t.requires_grad]
+    ours = torch.autograd.grad(out, inputs, grad)
+    reference = torch.autograd.grad(masked_rms_norm(x, weight, mask, 1e-6), inputs, grad)
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
