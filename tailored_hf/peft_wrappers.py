@@ -122,15 +122,14 @@ def swapped_parameters(
     if missing:
         raise KeyError(f"No replacement values for {len(missing)} parameters, e.g. {missing[:3]}.")
     saved = buffer if buffer is not None else {name: torch.empty_like(p) for name, p in params.items()}
+    # Multi-tensor copies (one kernel launch per device rather than one per tensor; exact copies all the same).
+    targets, originals = list(params.values()), [saved[name] for name in params]
     with torch.no_grad():
-        for name, param in params.items():
-            saved[name].copy_(param)
+        torch._foreach_copy_(originals, targets)
     try:
         with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(values[name])
+            torch._foreach_copy_(targets, [values[name] for name in params])
         yield
     finally:
         with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(saved[name])
+            torch._foreach_copy_(targets, originals)

@@ -226,12 +226,14 @@ def test_snapshot_swap_leaves_student_bit_for_bit_and_runs_the_teacher(tmp_path)
     with RuntimeMasks(reference) as masks:
         method.teachers.teacher_masks(index, torch.device("cpu")).install(masks)
         expected = reference(input_ids=ids).logits
-    selection = out["selection"]
-    assert selection[:, :-1].all() and not selection[:, -1].any()  # positions with a next-token label
+    rows, seq = out["selection"], ids.shape[1]  # flat row indices into [batch * seq]
+    positions = torch.arange(ids.numel())
+    assert torch.equal(rows, positions[positions % seq != seq - 1])  # positions with a next-token label
+    assert out["layer_selection"] is None  # layers: every position
     teacher_logits = A.lm_head(model)(out["final"])
-    torch.testing.assert_close(teacher_logits, expected[selection], atol=1e-5, rtol=1e-5)
-    assert len(out["layers"]) == 3 and out["layers"][0].shape == (ids.numel(), 48)  # layers: every position
-    assert not torch.allclose(teacher_logits, model.eval()(input_ids=ids).logits[selection], atol=1e-3)
+    torch.testing.assert_close(teacher_logits, expected.flatten(0, 1)[rows], atol=1e-5, rtol=1e-5)
+    assert len(out["layers"]) == 3 and out["layers"][0].shape == (ids.numel(), 48)
+    assert not torch.allclose(teacher_logits, model.eval()(input_ids=ids).logits.flatten(0, 1)[rows], atol=1e-3)
 
 
 def test_swapped_parameters_restores_on_error():

@@ -61,7 +61,11 @@ class MaskValues:
 
 
 def expected_parameters(geometry: ModelGeometry, values: MaskValues) -> torch.Tensor:
-    """E[#parameters] of the pruned model for keep-probabilities `values` (exact for 0/1 values); see module doc."""
+    """E[#parameters] of the pruned model for keep-probabilities `values` (exact for 0/1 values); see module doc.
+
+    Layers of one shape with every layer's groups given (the usual case) are computed stacked: a few dozen tensor
+    operations instead of a few per layer, which matters on a GPU, where each is a kernel launch, and this runs
+    (with its backward) on every training step."""
     reference = next(
         (t for t in (values.hidden, values.layers, *values.heads.values(), *values.ffn.values()) if t is not None),
         None,
@@ -74,6 +78,12 @@ def expected_parameters(geometry: ModelGeometry, values: MaskValues) -> torch.Te
         else torch.tensor(float(geometry.hidden_size), dtype=dtype, device=device)
     )
     total = (1 if geometry.tied_embeddings else 2) * geometry.vocab_size * hidden + hidden
+    n = geometry.num_layers
+    if all(layer == geometry.layers[0] for layer in geometry.layers) and {len(values.heads), len(values.ffn)} <= {
+        0,
+        n,
+    }:
+        return total + _stacked_layer_parameters(geometry, values, hidden).sum()
     for index, layer in enumerate(geometry.layers):
         dqk, dv = head_dims(layer)
         if index in values.heads:
@@ -99,6 +109,33 @@ def expected_parameters(geometry: ModelGeometry, values: MaskValues) -> torch.Te
             params = params * values.layers[index].to(dtype)
         total = total + params
     return total
+
+
+def _stacked_layer_parameters(geometry: ModelGeometry, values: MaskValues, hidden: torch.Tensor) -> torch.Tensor:
+    """E[#parameters] of every layer at once (all layers of one shape; heads / FFN given for all layers or none)."""
+    layer, n, dtype = geometry.layers[0], geometry.num_layers, hidden.dtype
+    dqk, dv = head_dims(layer)
+    if values.heads:
+        p = torch.stack([values.heads[i] for i in range(n)]).to(dtype)
+        q = p.sum(-1)
+        kv = (1.0 - torch.prod(1.0 - p.reshape(n, layer.num_kv_heads, layer.heads_per_group), dim=-1)).sum(-1)
+    else:
+        q = torch.full((n,), float(layer.num_heads), dtype=dtype, device=hidden.device)
+        kv = torch.full((n,), float(layer.num_kv_heads), dtype=dtype, device=hidden.device)
+    if values.ffn:
+        f = torch.stack([values.ffn[i] for i in range(n)]).to(dtype).sum(-1)
+    else:
+        f = torch.full((n,), float(layer.intermediate_size), dtype=dtype, device=hidden.device)
+    params = hidden * (dqk * (q + kv) + dv * (kv + q)) + 3 * hidden * f + 2 * hidden
+    if geometry.qkv_bias:
+        params = params + dqk * (q + kv) + dv * kv
+    if geometry.o_bias:
+        params = params + hidden
+    if geometry.mlp_bias:
+        params = params + 2 * f + hidden
+    if values.layers is not None:
+        params = params * values.layers.to(dtype)
+    return params
 
 
 def head_dims(layer: LayerGeometry) -> tuple[int, int]:
@@ -141,13 +178,25 @@ class L0Masks(nn.Module):
             layers=fn(self.layers) if self.layers is not None else None,
         )
 
+    def _map_flat(self, fn) -> MaskValues:
+        """`_map` of an elementwise `fn` applied once to all gates concatenated (one kernel per operation, not one
+        per group: this runs on every training step); `fn` receives the flat `log_alpha`."""
+        params: list[nn.Parameter] = []
+        self._map(params.append)  # heads, ffn, hidden, layers: the order `_map` visits them in
+        flat = fn(torch.cat([p.reshape(-1) for p in params]))
+        pieces = iter(flat.split([p.numel() for p in params]))
+        return self._map(lambda p: next(pieces).view(p.shape))
+
     def probabilities(self) -> MaskValues:
         """Keep-probabilities P(z != 0), differentiable."""
-        return self._map(self.distribution.prob_nonzero)
+        return self._map_flat(self.distribution.prob_nonzero)
 
     def sample(self, generator: torch.Generator) -> MaskValues:
-        """One reparameterised hard-concrete sample of every gate (noise from the CPU `generator`)."""
-        return self._map(lambda p: self.distribution.sample(p, self.distribution.noise(p.shape, generator)))
+        """One reparameterised hard-concrete sample of every gate (noise from the CPU `generator`, drawn in the order
+        of `_map`, so the same stream as one draw per group)."""
+        return self._map_flat(
+            lambda flat: self.distribution.sample(flat, self.distribution.noise(flat.shape, generator))
+        )
 
     def deterministic(self) -> MaskValues:
         """Hard 0/1 evaluation masks (expected number of zeros per group, lowest log_alpha first)."""
@@ -181,8 +230,12 @@ class L0Masks(nn.Module):
             param.clamp_(-self.config.log_alpha_bound, self.config.log_alpha_bound)
 
     def non_finite(self) -> list[str]:
-        """Names of log_alpha tensors (or their gradients) holding NaN / inf."""
+        """Names of log_alpha tensors (or their gradients) holding NaN / inf (one device synchronisation when all
+        are finite, the common case)."""
         params = dict(self.named_parameters())
+        tensors = [*params.values(), *(p.grad for p in params.values() if p.grad is not None)]
+        if bool(torch.isfinite(torch.cat([t.detach().flatten() for t in tensors])).all()):
+            return []
         bad = [name for name, param in params.items() if not torch.isfinite(param).all()]
         bad += [
             f"{name}.grad"

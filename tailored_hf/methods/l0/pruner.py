@@ -107,7 +107,9 @@ class L0Pruner(PruningMethod):
         self._capture: dict[str, Any] | None = None
         self._sampled: MaskValues | None = None
         self._deterministic: MaskValues | None = None
-        self._loss_parts: dict[str, float] = {}
+        # Detached loss terms of the last training forward, read as floats only when metrics refresh (no device
+        # synchronisation between a forward and its backward).
+        self._loss_parts: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ properties
     @property
@@ -339,21 +341,21 @@ class L0Pruner(PruningMethod):
 
         Returns `{"selection", "layer_selection", "final", "layers"}`: the positions whose logits are distilled
         (`token_selection`: the trained next-token positions), the positions whose layer outputs are distilled (every
-        non-padding position, as NutePrune compares whole hidden states), the teacher's final (normed) hidden states
+        non-padding position, as NutePrune compares whole hidden states), both as flat row indices into
+        `[batch * seq]` or None for all positions (`_selected_rows`), the teacher's final (normed) hidden states
         at `selection` (`[tokens, hidden]`; its logits are `lm_head(final)`, computed in chunks by the loss) and its
         decoder-layer outputs at `layer_selection` (one `[tokens, hidden]` per layer; None without layer
         distillation). The student's weights, masks and module train/eval flags are exactly as before
         afterwards.
         """
         lm = self._lm
-        snapshot = self.teachers.snapshots[index]
         decoder_kwargs = {k: v for k, v in kwargs.items() if k in TEACHER_DECODER_KWARGS}
         if args:
             decoder_kwargs["input_ids"] = args[0]
         reference = decoder_kwargs.get("input_ids", decoder_kwargs.get("inputs_embeds"))
-        selection = token_selection(kwargs, reference.shape[:2], reference.device)
-        layer_selection = token_selection(
-            {"attention_mask": kwargs.get("attention_mask")}, reference.shape[:2], reference.device
+        selection = _selected_rows(token_selection(kwargs, reference.shape[:2], reference.device))
+        layer_selection = _selected_rows(
+            token_selection({"attention_mask": kwargs.get("attention_mask")}, reference.shape[:2], reference.device)
         )
         flags = [(m, m.training) for m in lm.modules()]
         values = self.teachers.teacher_masks(index, _device_of(lm)) or MaskValues()
@@ -366,7 +368,8 @@ class L0Pruner(PruningMethod):
         try:
             lm.eval()
             self._capture = capture
-            with torch.no_grad(), swapped_parameters(self._params, snapshot.params, self._swap_buffer):
+            teacher_params = self.teachers.teacher_params(index, _device_of(lm))
+            with torch.no_grad(), swapped_parameters(self._params, teacher_params, self._swap_buffer):
                 values.install(self.runtime)
                 A.decoder(lm)(**decoder_kwargs, use_cache=False)
         finally:
@@ -418,21 +421,21 @@ class L0Pruner(PruningMethod):
         lambda1, lambda2 = self.lambdas[0], self.lambdas[1]
         lagrangian = (lambda1 * gap + lambda2 * gap * gap).to(output.loss.dtype)
         extra = lagrangian
-        parts = {"lagrangian_loss": float(lagrangian.detach())}
+        parts = {"lagrangian_loss": lagrangian.detach()}
         teacher, self._teacher_out = self._teacher_out, None
         student, self._capture = self._capture, None
         if teacher is not None and student is not None and student["final"] is not None:
             kd = self._logit_kd(student["final"], teacher["final"])
             extra = extra + cfg.distill_logit_weight * kd
-            parts["kd_logit_loss"] = float(kd.detach())
+            parts["kd_logit_loss"] = kd.detach()
             if teacher["layers"] is not None:
                 gates = self._sampled.layers if self._sampled is not None else None
                 layer = layer_distillation(tuple(student["layers"]), teacher["layers"], gates)
                 extra = extra + cfg.distill_layer_weight * layer
-                parts["kd_layer_loss"] = float(layer.detach())
+                parts["kd_layer_loss"] = layer.detach()
         weight = cfg.resolved_task_loss_weight
         if weight != 1.0:
-            parts["task_loss"] = float(output.loss.detach())
+            parts["task_loss"] = output.loss.detach()
             # `add_loss_term` weights the returned term by this micro-batch's token share; the task-loss part is
             # already normalised the Trainer's way, so undo that weighting for it.
             extra = extra + (weight - 1.0) * output.loss / token_share(kwargs)
@@ -458,7 +461,7 @@ class L0Pruner(PruningMethod):
                 "target_t": self.current_target(),
                 "lambda_1": float(self.lambdas[0].detach()),
                 "lambda_2": float(self.lambdas[1].detach()),
-                **self._loss_parts,
+                **{name: float(value) for name, value in self._loss_parts.items()},
             }
         )
         if self.distills and self.teachers.snapshots:
@@ -543,11 +546,19 @@ class L0Pruner(PruningMethod):
         self._restored = True
 
 
-def _select(hidden: torch.Tensor, selection: torch.Tensor) -> torch.Tensor:
-    """`hidden[selection]` as `[tokens, hidden]`; a view (no copy) when every position is selected."""
+def _selected_rows(selection: torch.Tensor) -> torch.Tensor | None:
+    """The flat row indices of a boolean `[batch, seq]` selection, or None when every position is selected: resolved
+    once per step (a device synchronisation), then used for every layer without one."""
     if bool(selection.all()):
-        return hidden.reshape(-1, hidden.shape[-1])
-    return hidden[selection]
+        return None
+    return selection.reshape(-1).nonzero().squeeze(1)
+
+
+def _select(hidden: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """`hidden[selection]` as `[tokens, hidden]` for `rows = _selected_rows(selection)`; a view (no copy) when
+    every position is selected."""
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    return flat if rows is None else flat.index_select(0, rows)
 
 
 def _device_of(module: nn.Module) -> torch.device:

@@ -80,12 +80,15 @@ class TeacherBank:
         self.next_level = config.snapshot_interval
         self.reached_step: int | None = None
         self._mask_cache: dict[int, MaskValues] = {}
+        # The adapter weights of the last teacher used, on the model's device (one teacher's adapters at most):
+        # copying them from the CPU snapshot on every step would cost a host-to-device transfer per tensor.
+        self._params_cache: tuple[int, dict[str, torch.Tensor]] | None = None
 
     # ------------------------------------------------------------------ recording
     def capture_intact(self, params: dict[str, torch.Tensor], step: int = 0) -> None:
         """Record the intact teacher: no masks and the trainable weights as they are now (before training)."""
         self.snapshots = [Snapshot(0.0, step, None, _cpu_copy(params))]
-        self._mask_cache.clear()
+        self._clear_caches()
 
     def maybe_snapshot(
         self, sparsity: float, step: int, log_alpha: dict[str, torch.Tensor], params: dict[str, torch.Tensor]
@@ -137,6 +140,17 @@ class TeacherBank:
             self._mask_cache[index] = values_from_named(named)
         return self._mask_cache[index]
 
+    def teacher_params(self, index: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """The trainable weights of snapshot `index` on `device` (the snapshot's own tensors on the CPU)."""
+        if self._params_cache is None or self._params_cache[0] != index:
+            params = self.snapshots[index].params
+            self._params_cache = (index, {name: t.to(device) for name, t in params.items()})
+        return self._params_cache[1]
+
+    def _clear_caches(self) -> None:
+        self._mask_cache.clear()
+        self._params_cache = None
+
     def nbytes(self) -> int:
         return sum(s.nbytes() for s in self.snapshots)
 
@@ -173,12 +187,12 @@ class TeacherBank:
                 else {k[len(prefix) :]: v.clone() for k, v in tensors.items() if k.startswith(prefix)}
             )
             self.snapshots.append(Snapshot(float(meta["sparsity"]), int(meta["step"]), log_alpha, params))
-        self._mask_cache.clear()
+        self._clear_caches()
 
     def clear(self) -> None:
         """Drop every snapshot (after training) to free CPU memory."""
         self.snapshots = []
-        self._mask_cache.clear()
+        self._clear_caches()
 
 
 def _cpu_copy(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
