@@ -57,6 +57,9 @@ DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results" / "performance"
 IMPORTANCE_VARIANTS = ("plain", "floor", "ours", "naive")
 TARGET_TIME_RATIO = 1.2
+# The settings each section depends on: a section skipped in a run keeps those it was measured at.
+INFERENCE_SETTINGS = ("prefill_tokens", "decode_tokens", "batch_size", "dtype", "shapes_dir", "repeats")
+IMPORTANCE_SETTINGS = ("samples", "seq_len", "rounds")
 TARGET_MEMORY_RATIO = 1.3
 
 
@@ -232,6 +235,18 @@ def build_from_shapes(folder: Path, dtype: torch.dtype):
     return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=dtype)
 
 
+def layer_shapes(config) -> dict[str, list[int]]:
+    """Per-layer FFN width and query / KV head counts of a (possibly heterogeneous) configuration."""
+    from tailored_hf.structure import ModelGeometry
+
+    layers = ModelGeometry.from_config(config).layers
+    return {
+        "layer_intermediate_sizes": [layer.intermediate_size for layer in layers],
+        "layer_heads": [layer.num_heads for layer in layers],
+        "layer_kv_heads": [layer.num_kv_heads for layer in layers],
+    }
+
+
 def save_shapes(args: argparse.Namespace) -> None:
     """Prunes the real model in every layout and ratio of `measure_inference`; writes each configuration only."""
     from tailored_hf.methods.depgraph import DepGraphConfig, prune
@@ -258,7 +273,7 @@ def measure_inference(args: argparse.Namespace) -> dict[str, Any]:
     dense.to(dtype)
     layers = dense.config.num_hidden_layers
     models = {"dense": dense.eval()}
-    rows: dict[str, dict[str, Any]] = {"dense": {"params": count_parameters(dense)}}
+    rows: dict[str, dict[str, Any]] = {"dense": {"params": count_parameters(dense), **layer_shapes(dense.config)}}
     with tempfile.TemporaryDirectory(prefix="tailored_hf-perf-") as tmp:
         dense_dir = Path(tmp) / "dense"
         dense.save_pretrained(dense_dir)
@@ -280,6 +295,7 @@ def measure_inference(args: argparse.Namespace) -> dict[str, Any]:
                     "model_type": models[name].config.model_type,
                     "forward_hooks": count_forward_hooks(models[name]),
                     "checkpoint_bytes": (out / "model.safetensors").stat().st_size,
+                    **layer_shapes(models[name].config),
                 }
     models = {name: model.to(device) for name, model in models.items()}
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in models}
@@ -441,8 +457,8 @@ def main() -> None:
         "random_weights": args.random_weights,
         "shapes_dir": args.shapes_dir,
         "command": "python benchmarks/performance.py " + " ".join(sys.argv[1:]),
-        "repeats": previous["repeats"] if args.skip_inference else args.repeats,
-        "rounds": previous["rounds"] if args.skip_importance else args.rounds,
+        "repeats": args.repeats,
+        "rounds": args.rounds,
         "importance": previous["importance"] if args.skip_importance else measure_importance(args),
         "inference": previous["inference"] if args.skip_inference else measure_inference(args),
         "environment": {
@@ -454,6 +470,11 @@ def main() -> None:
             "gpu": torch.cuda.get_device_name() if resolve_device(args.device).type == "cuda" else None,
         },
     }
+    # A skipped section keeps the settings it was measured at (reports from before a setting existed: its default).
+    if args.skip_inference:
+        report.update({k: previous.get(k, report[k]) for k in INFERENCE_SETTINGS})
+    if args.skip_importance:
+        report.update({k: previous.get(k, report[k]) for k in IMPORTANCE_SETTINGS})
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")

@@ -26,6 +26,7 @@ from typing import Any
 
 from performance import spread
 from tailored_llama import CHANCE, EXTRA_LABELS, NEAR_CHANCE, extra_configs, mean_stderr
+from training_overhead import memory_key
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -47,6 +48,8 @@ IMPORTANCE_MEMORY_TARGET = 1.3  # ours / forward + backward without keeping full
 NUTEPRUNE_MEMORY_TARGET = 1.15  # issue 6: peak RSS of a progressive-KD step / a plain LoRA step
 # "0% overhead" measured directly: the callback's handlers under 1% of the step time (and no hook added).
 DIRECT_OVERHEAD_TOLERANCE = 0.01
+MATMUL_ALIGNMENT = 8  # elements: a 16-byte multiple in fp16 / bf16, what tensor-core GEMMs are fastest on
+FLAT_DECODE = 0.1  # decode speed-ups all within this of 1.00: per-token time independent of the parameter count
 MOONSHOT = {"20%": 0.95, "50%": 0.85}  # share of the dense 7-task mean kept after task-specific recovery
 
 
@@ -75,10 +78,10 @@ def pct(value: float | None) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ sections
-def importance_section(perf: dict[str, Any] | None) -> list[str]:
-    lines = ["## 1. Importance pass (Taylor, 20 x 128 calibration tokens)", ""]
+def importance_section(perf: dict[str, Any] | None, level: str = "## 1.", source: str = "performance") -> list[str]:
     if perf is None:
-        return lines + ["Not measured: run `benchmarks/performance.py`.", ""]
+        return [f"{level} Importance pass (Taylor)", "", "Not measured: run `benchmarks/performance.py`.", ""]
+    lines = [f"{level} Importance pass (Taylor, {perf['samples']} x {perf['seq_len']} calibration tokens)", ""]
     imp = perf["importance"]
     ratios = imp["ratios"]
     return lines + [
@@ -94,25 +97,33 @@ def importance_section(perf: dict[str, Any] | None) -> list[str]:
         f"Seconds: ours {imp['ours']['seconds']:.1f}, plain {imp['plain']['seconds']:.1f}, grad-free floor "
         f"{imp['floor']['seconds']:.1f} (ours computes gradients only for parameters inside scored groups); MiB: ours "
         f"{imp['ours']['peak_increase_mib']:.0f}, floor {imp['floor']['peak_increase_mib']:.0f}, naive "
-        f"{imp['naive']['peak_increase_mib']:.0f}. Source: `benchmarks/results/performance.md`.",
+        f"{imp['naive']['peak_increase_mib']:.0f}. Source: `benchmarks/results/{source}.md`.",
         "",
     ]
 
 
-def overhead_section(overhead: dict[str, Any] | None, nuteprune: dict[str, Any] | None = None) -> list[str]:
-    lines = ["## 2. Training-step overhead vs a plain LoRA step on the same batch", ""]
+def overhead_section(
+    overhead: dict[str, Any] | None,
+    nuteprune: dict[str, Any] | None = None,
+    level: str = "## 2.",
+    source: str = "training_overhead",
+    nuteprune_source: str = "nuteprune",
+) -> list[str]:
+    lines = [f"{level} Training-step overhead vs a plain LoRA step on the same batch", ""]
     if overhead is None:
         return lines + ["Not measured: run `benchmarks/training_overhead.py`.", ""]
     s = overhead["settings"]
+    kinds = overhead["summary"]["kinds"]
+    memory = memory_key(next(iter(kinds.values())))
+    label = "peak CUDA memory" if memory == "peak_cuda_mib" else "peak RSS"
     lines += [
         f"Batch {s['batch_size']} x {s['seq_len']} tokens, pruning target {s['ratio']:.0%}, median step over "
         f"{s['steps']} x {s['rounds']} interleaved rounds. Targets: dependency-group run 0% after pruning; L0 masks "
         "without KD <= 15%; KD and ATP reported against their floors.",
         "",
-        "| step | vs | ratio | target | status | overhead / floor | peak RSS vs reference |",
+        f"| step | vs | ratio | target | status | overhead / floor | {label} vs reference |",
         "|---|---|---|---|---|---|---|",
     ]
-    kinds = overhead["summary"]["kinds"]
     for kind, row in overhead["summary"]["kinds"].items():
         if "ratio" not in row:
             continue
@@ -121,19 +132,21 @@ def overhead_section(overhead: dict[str, Any] | None, nuteprune: dict[str, Any] 
         status = verdict(row["ratio"], target * 1.02 if target == 1.0 else target) if target else "—"
         floor = f"{row['overhead_over_floor']:.2f}x of {row['floor']}" if "overhead_over_floor" in row else "—"
         target_text = f"<= {target:.2f}x" if target else "—"
-        rss = row["peak_rss_mib"] / kinds[row["reference"]]["peak_rss_mib"] if row["reference"] in kinds else None
+        rss = row[memory] / kinds[row["reference"]][memory] if row["reference"] in kinds else None
         rss_text = "—" if rss is None else f"{rss:.2f}x"
         lines.append(
             f"| `{kind}` | `{row['reference']}` | {row['ratio']:.2f}x | {target_text} | {status} | {floor} | {rss_text} |"
         )
     same = kinds.get("depgraph", {}).get("ratio")
-    if same is not None:
+    if same is not None and abs(1 - same) >= 0.005:
         lines += [
             "",
             f"Resolution: `depgraph` and `lora_pruned` train the same pruned model (the callback does no per-step work), "
             f"yet measured {same:.2f}x: step times on this VM differ by up to about {abs(1 - same):.0%} run to run, "
             "so ratios within that of 1.00 are ties.",
         ]
+    elif same is not None:
+        lines.append("")
     direct = kinds.get("depgraph", {})
     if "callback_seconds_per_step" in direct and "lora_pruned" in kinds:
         share = direct["callback_share_of_reference_step"]
@@ -150,23 +163,24 @@ def overhead_section(overhead: dict[str, Any] | None, nuteprune: dict[str, Any] 
         )
     progressive = kinds.get("l0_progressive")
     if progressive and "lora" in kinds:
-        rss = progressive["peak_rss_mib"] / kinds["lora"]["peak_rss_mib"]
+        rss = progressive[memory] / kinds["lora"][memory]
         lines.append(
             f"NutePrune's memory claim (issue 6: a progressive-KD step <= {NUTEPRUNE_MEMORY_TARGET}x a plain LoRA "
-            f"step's peak RSS): {rss:.3f}x at this batch, {verdict(rss, NUTEPRUNE_MEMORY_TARGET)}."
+            f"step's {label}): {rss:.3f}x at this batch, {verdict(rss, NUTEPRUNE_MEMORY_TARGET)}."
         )
-    lines += nuteprune_memory_lines(nuteprune)
-    return lines + ["", "Source: `benchmarks/results/training_overhead.md`.", ""]
+    lines += nuteprune_memory_lines(nuteprune, nuteprune_source)
+    return lines + ["", f"Source: `benchmarks/results/{source}.md`.", ""]
 
 
-def nuteprune_memory_lines(nuteprune: dict[str, Any] | None) -> list[str]:
+def nuteprune_memory_lines(nuteprune: dict[str, Any] | None, source: str = "nuteprune") -> list[str]:
     """The memory claim at `benchmarks/nuteprune.py`'s own setting, with naive two-model KD beside it."""
     costs = (nuteprune or {}).get("costs")
     if not costs:
         return ["At `benchmarks/nuteprune.py`'s setting: not measured (`nuteprune.py --skip-quality`)."]
     cfg, s = costs["config"], costs["summary"]
-    ratio = s["rss_ratio_nuteprune_vs_lora"]
-    two_model = s.get("rss_ratio_two_model_nuteprune_vs_lora")
+    prefix = "cuda" if "cuda_ratio_two_model_nuteprune_vs_lora" in s else "rss"  # peak CUDA memory or peak RSS
+    ratio = s[f"{prefix}_ratio_nuteprune_vs_lora"]
+    two_model = s.get(f"{prefix}_ratio_two_model_nuteprune_vs_lora")
     two_model = f"{two_model:.2f}x" if two_model is not None else "not measured"
     live = s.get("rss_ratio_nuteprune_vs_lora_live")
     live_text = (
@@ -180,12 +194,12 @@ def nuteprune_memory_lines(nuteprune: dict[str, Any] | None) -> list[str]:
         f"{cfg['lora_targets']}): progressive KD {ratio:.2f}x, {verdict(ratio, NUTEPRUNE_MEMORY_TARGET)}; the "
         f"same step with a resident teacher copy (naive two-model KD) {two_model}; step time {s['step_time_ratio']:.2f}x "
         f"(overhead {s['overhead_seconds']:.2f} s vs a {s['floor_seconds_one_teacher_forward']:.2f} s teacher "
-        f"forward).{live_text} Source: `benchmarks/results/nuteprune.md`."
+        f"forward).{live_text} Source: `benchmarks/results/{source}.md`."
     ]
 
 
-def inference_section(perf: dict[str, Any] | None) -> list[str]:
-    lines = ["## 3. Inference of pruned models and checkpoint size", ""]
+def inference_section(perf: dict[str, Any] | None, level: str = "## 3.", source: str = "performance") -> list[str]:
+    lines = [f"{level} Inference of pruned models and checkpoint size", ""]
     if perf is None:
         return lines + ["Not measured: run `benchmarks/performance.py`.", ""]
     paired = any("prefill_speedup_range" in row for row in perf["inference"].values())
@@ -220,7 +234,9 @@ def inference_section(perf: dict[str, Any] | None) -> list[str]:
             if low_high is not None:
                 verdicts.append(f"{name} {kind}: {per_param_verdict(row[f'{kind}_per_param_vs_uniform'], low_high)}")
     hooks = all(row.get("forward_hooks", 0) == 0 for row in perf["inference"].values())
-    size = all(abs(row["bytes_per_param"] - 4) < 0.01 for row in perf["inference"].values())
+    dtype = perf.get("dtype", "float32")
+    width = {"float32": 4, "bfloat16": 2}[dtype]
+    size = all(abs(row["bytes_per_param"] - width) < 0.01 for row in perf["inference"].values())
     speed = (
         "- Heterogeneous no slower per parameter than stock Llama (uniform): "
         + "; ".join(verdicts)
@@ -230,13 +246,40 @@ def inference_section(perf: dict[str, Any] | None) -> list[str]:
         if verdicts
         else "- Speed-ups: not resolved on this VM (see source); heterogeneous per-parameter ratios are within its noise."
     )
+    misaligned = []
+    for name, row in perf["inference"].items():
+        odd = [w for w in row.get("layer_intermediate_sizes", []) if w % MATMUL_ALIGNMENT]
+        if odd:
+            misaligned.append(
+                f"{name}: {len(odd)} of {len(row['layer_intermediate_sizes'])} layers (e.g. {odd[0]}), prefill "
+                f"{row['prefill_speedup']:.2f}x dense"
+            )
+    alignment = (
+        [
+            f"- FFN widths not a multiple of {MATMUL_ALIGNMENT} (what fp16 / bf16 tensor-core matmuls want): "
+            + "; ".join(misaligned)
+            + ". `DepGraphConfig(round_to=...)` keeps every kept count a multiple of its value."
+        ]
+        if misaligned
+        else []
+    )
+    pruned = [row for name, row in perf["inference"].items() if name != "dense"]
+    spread_decode = max((abs(row["decode_speedup"] - 1) for row in pruned), default=None)
+    if spread_decode is not None and spread_decode < FLAT_DECODE:
+        alignment.append(
+            f"- Decode: every pruned model within {spread_decode:.0%} of dense decode speed, even at half the "
+            "parameters: per-token time does not scale with parameters at this setting (a fixed per-token cost, "
+            "kernel launches and `generate`'s per-token Python, dominates the weight reads), so pruning does not "
+            "speed decoding up here."
+        )
     return lines + [
         "",
         f"- No masks at inference (0 forward hooks on every saved-and-reloaded model): {'met' if hooks else 'NOT met'}.",
-        f"- Checkpoint size proportional to parameters (4 bytes each, fp32): {'met' if size else 'NOT met'}.",
+        f"- Checkpoint size proportional to parameters ({width} bytes each, {dtype}): {'met' if size else 'NOT met'}.",
         speed,
+        *alignment,
         "",
-        "Source: `benchmarks/results/performance.md`.",
+        f"Source: `benchmarks/results/{source}.md`.",
         "",
     ]
 
@@ -457,7 +500,29 @@ def moonshot_section(
     return lines + [""] + notes + [""]
 
 
-def render(perf, overhead, ours, peer, nuteprune=None, atp=None) -> str:
+def gpu_section(
+    perf: dict[str, Any] | None, overhead: dict[str, Any] | None, nuteprune: dict[str, Any] | None
+) -> list[str]:
+    """Sections 1-3 again from a lent GPU's run of the same scripts (`benchmarks/gpu/run.sh`), where there is one."""
+    if not (perf or overhead or nuteprune):
+        return []
+    gpu = next((r["environment"].get("gpu") for r in (perf, overhead) if r and r["environment"].get("gpu")), "GPU")
+    lines = [
+        f"## 6. On a lent GPU ({gpu}): the same scripts, a larger setting",
+        "",
+        "`bash benchmarks/gpu/run.sh` (prepared with `make gpu-bundle`). The GPU machine takes 64 MiB of files, less "
+        "than SmolLM2-135M's weights, so there the model has seeded random weights of the real shapes (speed and "
+        "memory depend on shapes only), and the pruned layouts of 6.3 are those computed from the real weights here. "
+        "Memory is the peak of CUDA memory allocated; times are synchronised. No quality figure comes from this run.",
+        "",
+    ]
+    lines += importance_section(perf, "### 6.1", "performance_h200")
+    lines += overhead_section(overhead, nuteprune, "### 6.2", "training_overhead_h200", "nuteprune_h200")
+    lines += inference_section(perf, "### 6.3", "performance_h200")
+    return lines
+
+
+def render(perf, overhead, ours, peer, nuteprune=None, atp=None, gpu=(None, None, None)) -> str:
     lines = [
         "# tailored_hf performance report (issue 9)",
         "",
@@ -471,6 +536,7 @@ def render(perf, overhead, ours, peer, nuteprune=None, atp=None) -> str:
     lines += inference_section(perf)
     lines += peer_section(ours, peer)
     lines += moonshot_section(ours, nuteprune, atp)
+    lines += gpu_section(*gpu)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -487,6 +553,7 @@ def main() -> None:
         load("torch_pruning"),
         load("nuteprune"),
         load("atp_healthcare"),
+        (load("performance_h200"), load("training_overhead_h200"), load("nuteprune_h200")),
     )
     REPORT.write_text(text)
     print(text)

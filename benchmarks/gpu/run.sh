@@ -30,13 +30,24 @@ part() {  # name, time limit (s), script and arguments
     echo "== $name: rc $? in $((SECONDS - start)) s"
 }
 
-# Issue 6's memory claim at the CPU report's setting (8 x 256 tokens, LoRA on q_proj, v_proj).
-part nuteprune 120 benchmarks/nuteprune.py "${COMMON[@]}" --skip-quality --batch-size 8 --seq-len 256 \
-    --cost-steps 5 --out "$OUT/nuteprune_h200"
-# Importance pass over 20 x 2048 tokens; bf16 inference at batch 32 with the real-weight pruned layouts.
-part performance 210 benchmarks/performance.py "${COMMON[@]}" --shapes-dir "$BUNDLE/shapes" --seq-len 2048 \
-    --rounds 1 --dtype bfloat16 --batch-size 32 --prefill-tokens 1024 --decode-tokens 64 --repeats 5 \
-    --out "$OUT/performance_h200"
-# Every step kind at batch 8 x 512.
-part training_overhead 240 benchmarks/training_overhead.py "${COMMON[@]}" --batch-size 8 --seq-len 512 \
-    --warmup-steps 2 --steps 5 --rounds 1 --out "$OUT/training_overhead_h200"
+# PARTS selects and orders what runs (default: all three); `importance` reruns the importance pass only, keeping the
+# inference figures of the committed performance_h200.json.
+for name in ${PARTS:-nuteprune performance training_overhead}; do
+    case $name in
+    nuteprune)  # issue 6's memory claim at the CPU report's setting (8 x 256 tokens, LoRA on q_proj, v_proj)
+        part nuteprune 120 benchmarks/nuteprune.py "${COMMON[@]}" --skip-quality --batch-size 8 --seq-len 256 \
+            --cost-steps 5 --out "$OUT/nuteprune_h200" ;;
+    performance)  # importance over 20 x 2048 tokens; bf16 inference at batch 32 with the real-weight layouts
+        part performance 210 benchmarks/performance.py "${COMMON[@]}" --shapes-dir "$BUNDLE/shapes" --seq-len 2048 \
+            --rounds 1 --dtype bfloat16 --batch-size 32 --prefill-tokens 1024 --decode-tokens 64 --repeats 5 \
+            --out "$OUT/performance_h200" ;;
+    importance)
+        cp benchmarks/results/performance_h200.json "$OUT/performance_h200.json"
+        part importance 100 benchmarks/performance.py "${COMMON[@]}" --skip-inference --seq-len 2048 --rounds 1 \
+            --out "$OUT/performance_h200" ;;
+    training_overhead)  # every step kind at batch 8 x 512
+        part training_overhead 180 benchmarks/training_overhead.py "${COMMON[@]}" --batch-size 8 --seq-len 512 \
+            --warmup-steps 2 --steps 5 --rounds 1 --out "$OUT/training_overhead_h200" ;;
+    *) echo "unknown part $name"; exit 2 ;;
+    esac
+done
