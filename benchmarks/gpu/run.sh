@@ -30,8 +30,8 @@ part() {  # name, time limit (s), script and arguments
     echo "== $name: rc $? in $((SECONDS - start)) s"
 }
 
-# PARTS selects and orders what runs (default: all three); `importance` reruns the importance pass only, keeping the
-# inference figures of the committed performance_h200.json.
+# PARTS selects and orders what runs (default: all three); `importance` then `inference` split `performance` in two
+# (the first keeps the inference figures of the committed performance_h200.json, the second replaces them).
 for name in ${PARTS:-nuteprune performance training_overhead}; do
     case $name in
     nuteprune)  # issue 6's memory claim at the CPU report's setting (8 x 256 tokens, LoRA on q_proj, v_proj)
@@ -44,6 +44,10 @@ for name in ${PARTS:-nuteprune performance training_overhead}; do
     importance)
         cp benchmarks/results/performance_h200.json "$OUT/performance_h200.json"
         part importance 100 benchmarks/performance.py "${COMMON[@]}" --skip-inference --seq-len 2048 --rounds 1 \
+            --out "$OUT/performance_h200" ;;
+    inference)  # the inference figures only, into the report the `importance` part just wrote
+        part inference 150 benchmarks/performance.py "${COMMON[@]}" --skip-importance --shapes-dir "$BUNDLE/shapes" \
+            --dtype bfloat16 --batch-size 32 --prefill-tokens 1024 --decode-tokens 64 --repeats "${REPEATS:-5}" \
             --out "$OUT/performance_h200" ;;
     training_overhead)  # every step kind at batch 8 x 512
         part training_overhead 180 benchmarks/training_overhead.py "${COMMON[@]}" --batch-size 8 --seq-len 512 \
