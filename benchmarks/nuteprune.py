@@ -469,6 +469,8 @@ def render(report: dict[str, Any]) -> str:
             ]
     if report.get("random_weights"):
         lines += ["Random weights of the real shapes: memory and step time depend on shapes only.", ""]
+    if report.get("note"):
+        lines += [f"Note: {report['note']}", ""]
     if report.get("quality"):
         lines += quality_lines(report["quality"])
     return "\n".join(lines) + "\n"

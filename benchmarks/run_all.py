@@ -137,6 +137,8 @@ def overhead_section(
         lines.append(
             f"| `{kind}` | `{row['reference']}` | {row['ratio']:.2f}x | {target_text} | {status} | {floor} | {rss_text} |"
         )
+    if overhead.get("note"):
+        lines += ["", f"Note: {overhead['note']}"]
     same = kinds.get("depgraph", {}).get("ratio")
     if same is not None and abs(1 - same) >= 0.005:
         lines += [
@@ -194,7 +196,8 @@ def nuteprune_memory_lines(nuteprune: dict[str, Any] | None, source: str = "nute
         f"{cfg['lora_targets']}): progressive KD {ratio:.2f}x, {verdict(ratio, NUTEPRUNE_MEMORY_TARGET)}; the "
         f"same step with a resident teacher copy (naive two-model KD) {two_model}; step time {s['step_time_ratio']:.2f}x "
         f"(overhead {s['overhead_seconds']:.2f} s vs a {s['floor_seconds_one_teacher_forward']:.2f} s teacher "
-        f"forward).{live_text} Source: `benchmarks/results/{source}.md`."
+        f"forward).{live_text}{' ' + nuteprune['note'] if nuteprune.get('note') else ''} Source: "
+        f"`benchmarks/results/{source}.md`."
     ]
 
 

@@ -374,6 +374,8 @@ def render(report: dict[str, Any]) -> str:
             f"Floors (timed on the LoRA model, same batch): one no-grad forward {floors['forward']:.2f} s (a KD "
             f"teacher), one forward + backward {floors['forward_backward']:.2f} s (an ATP generator batch).",
         ]
+    if report.get("note"):
+        lines += ["", f"Note: {report['note']}"]
     lines += ["", f"Reproduce: `{report.get('command', '.venv/bin/python benchmarks/training_overhead.py')}`."]
     return "\n".join(lines) + "\n"
 
