@@ -30,6 +30,7 @@ from tailored_hf.methods.l0 import (
     logit_distillation,
     select_plan,
 )
+from tailored_hf.methods.l0.masks import _per_layer_parameters, _stacked_layer_parameters
 from tailored_hf.peft_wrappers import swapped_parameters, trainable_parameters
 from tailored_hf.structure import ModelGeometry, PruningPlan, RuntimeMasks, apply_plan, count_parameters
 
@@ -144,6 +145,36 @@ def test_s_hat_gradient_and_dense_start(tiny_model):
     assert 0.0 < float(s_hat) < 0.01  # droprate_init=0.01: nearly dense
     s_hat.backward()
     assert all(p.grad is not None and torch.all(p.grad <= 0) for p in masks.parameters())  # more alpha, less sparse
+
+
+@pytest.mark.parametrize("prune_layers", [False, True])
+def test_stacked_and_per_layer_s_hat_agree_and_flat_sample_draws_the_per_group_stream(tiny_model, prune_layers):
+    """Layers of one shape take the stacked s_hat (a few tensor ops per step, not a few per layer): it equals the
+    per-layer computation heterogeneous models use, value and gradient. The flat per-step sample consumes the noise
+    stream exactly as one draw per group would."""
+    geometry = ModelGeometry.from_config(tiny_model.config)
+    masks = L0Masks(geometry, L0Config(target_sparsity=0.3, prune_layers=prune_layers)).double()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in masks.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator, dtype=torch.float64) * 3)
+    values = masks.probabilities()
+    hidden = values.hidden.sum()
+    stacked = _stacked_layer_parameters(geometry, values, hidden).sum()
+    per_layer = _per_layer_parameters(geometry, values, hidden)
+    torch.testing.assert_close(stacked, per_layer, rtol=1e-12, atol=0)
+    grads = [torch.autograd.grad(v, list(masks.parameters()), retain_graph=True) for v in (stacked, per_layer)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+    flat_rng, group_rng = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    sample = masks.sample(flat_rng)
+    per_group = masks._map(lambda p: masks.distribution.sample(p, masks.distribution.noise(p.shape, group_rng)))
+    for kind in ("heads", "ffn"):
+        for index, tensor in getattr(per_group, kind).items():
+            torch.testing.assert_close(getattr(sample, kind)[index], tensor, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sample.hidden, per_group.hidden, rtol=1e-12, atol=1e-12)
+    assert torch.equal(flat_rng.get_state(), group_rng.get_state())
 
 
 # ---------------------------------------------------------------------------------------------- selection

@@ -78,12 +78,17 @@ def expected_parameters(geometry: ModelGeometry, values: MaskValues) -> torch.Te
         else torch.tensor(float(geometry.hidden_size), dtype=dtype, device=device)
     )
     total = (1 if geometry.tied_embeddings else 2) * geometry.vocab_size * hidden + hidden
-    n = geometry.num_layers
-    if all(layer == geometry.layers[0] for layer in geometry.layers) and {len(values.heads), len(values.ffn)} <= {
-        0,
-        n,
-    }:
+    one_shape = all(layer == geometry.layers[0] for layer in geometry.layers)
+    every_layer = {len(values.heads), len(values.ffn)} <= {0, geometry.num_layers}
+    if one_shape and every_layer:
         return total + _stacked_layer_parameters(geometry, values, hidden).sum()
+    return total + _per_layer_parameters(geometry, values, hidden)
+
+
+def _per_layer_parameters(geometry: ModelGeometry, values: MaskValues, hidden: torch.Tensor) -> torch.Tensor:
+    """E[#parameters] of all decoder layers, one layer at a time (any geometry; heads / FFN given for any layers)."""
+    dtype, device = hidden.dtype, hidden.device
+    total = torch.zeros((), dtype=dtype, device=device)
     for index, layer in enumerate(geometry.layers):
         dqk, dv = head_dims(layer)
         if index in values.heads:
