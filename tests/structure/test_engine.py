@@ -418,3 +418,24 @@ def test_masked_rms_norm_analytic_backward_matches_autograd(mask_sum):
     reference = torch.autograd.grad(masked_rms_norm(x, weight, mask, 1e-6), inputs, grad)
     for a, b in zip(ours, reference):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
+def test_masked_rms_norm_analytic_backward_in_bfloat16():
+    """A bf16 model with an fp32 soft mask: the same output as `masked_rms_norm` and gradients within bf16 rounding
+    of autograd's (computed in fp32 throughout here, autograd rounds its intermediates to bf16)."""
+    from tailored_hf.structure.masks import _MaskedRMSNorm
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 16, generator=generator).bfloat16().requires_grad_()
+    weight = (1.0 + 0.1 * torch.randn(16, generator=generator)).bfloat16().requires_grad_()
+    mask = torch.rand(16, generator=generator).requires_grad_()
+    out = _MaskedRMSNorm.apply(x, weight, mask, 1e-6)
+    reference = masked_rms_norm(x, weight, mask, 1e-6)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, reference, atol=0, rtol=0)
+    grad = torch.randn(out.shape, generator=generator).bfloat16()
+    ours = torch.autograd.grad(out, (x, weight, mask), grad)
+    theirs = torch.autograd.grad(reference, (x, weight, mask), grad)
+    for a, b in zip(ours, theirs):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a.float(), b.float(), atol=5e-2, rtol=5e-2)
