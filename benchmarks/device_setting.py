@@ -59,10 +59,6 @@ def current_memory_mib(device: torch.device) -> float:
     return peak_memory_mib(device)
 
 
-def memory_label(device: torch.device) -> str:
-    return "peak CUDA memory allocated" if device.type == "cuda" else "peak RSS"
-
-
 def load_benchmark_model(name: str, random_weights: bool = False, seed: int = 0):
     """`(model, tokenizer)`: `tailored_hf.load_model(name)`, or the model built from `name`'s config with random
     weights drawn under `seed` (fp32, like the loaded model)."""

@@ -2,7 +2,8 @@
 
 Runs the benchmark scripts (each caches or rewrites its own `benchmarks/results/*.json`), then reads those JSON files
 and writes one report: importance pass, training-step overhead, inference of pruned models, checkpoint size, quality
-vs Torch-Pruning, and the moonshot (share of the dense 7-task mean kept after task-specific recovery).
+vs Torch-Pruning, the moonshot (share of the dense 7-task mean kept after task-specific recovery), and the cost
+figures again from a lent GPU's run (`benchmarks/gpu/run.sh`, results `*_h200.json`) where one was made.
 
     .venv/bin/python benchmarks/run_all.py                 # run what is missing or stale, then the report (hours)
     .venv/bin/python benchmarks/run_all.py --report-only   # the report from the committed results (seconds)
