@@ -358,6 +358,17 @@ def evaluate(model, tokenizer, args: argparse.Namespace) -> dict[str, Any]:
 
 def run_variant(variant: str, target: float, args: argparse.Namespace) -> dict[str, Any]:
     """Prune to `target` with `variant` and the same LoRA training budget; evaluate the merged pruned model."""
+    merged, tokenizer, info = train_variant(variant, target, args)
+    log = info.pop("log")
+    result = {**info, **evaluate(merged, tokenizer, args), "log": log}
+    del merged
+    gc.collect()
+    return result
+
+
+def train_variant(variant: str, target: float, args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
+    """Prune to `target` with `variant` (L0 distillation mode or `depgraph`) and the LoRA training budget of `args`:
+    `(merged pruned model, tokenizer, {variant, target, parameter counts, train_seconds, log})`."""
     from transformers import set_seed
 
     from tailored_hf import PrunerCallback, load_model
@@ -387,19 +398,18 @@ def run_variant(variant: str, target: float, args: argparse.Namespace) -> dict[s
         {k: v for k, v in e.items() if k.startswith("pruning/") or k in ("loss", "step")}
         for e in trainer.state.log_history
     ]
-    result = {
+    info = {
         "variant": variant,
         "target": target,
         "params_dense": dense,
         "params_pruned": pruned,
         "sparsity": 1 - pruned / dense,
         "train_seconds": train_seconds,
-        **evaluate(merged, tokenizer, args),
         "log": history,
     }
-    del trainer, model, merged
+    del trainer, model
     gc.collect()
-    return result
+    return merged, tokenizer, info
 
 
 def render(report: dict[str, Any]) -> str:

@@ -9,9 +9,9 @@ perplexity (LLM-Pruner protocol, a capped number of 128-token windows).
 Recovery follows the paper: LoRA r=8 on all projections, lr 1e-4, 3 epochs, AdamW, completion-only loss; batch 8
 (the paper's 64 would make 50 shots a single step per epoch). The task-specific prompt is the task's own lm-eval
 format (the same format is scored); generic tuning uses the Alpaca template on 7*K Alpaca rows (the same number of
-examples as the seven task adapters together). Our pass also runs in the configurations of `EXTRA_CONFIGS` (hidden
-channels pruned too), without tuning and with the task adapters, at every ratio. Cells are cached in the JSON so an
-interrupted run resumes.
+examples as the seven task adapters together). Beside the paper's pass, the pruning steps of `EXTRA_CONFIGS` (our
+pass with hidden channels pruned too; NutePrune's L0 masks) run without tuning and with the task adapters, at every
+ratio. Cells are cached in the JSON so an interrupted run resumes.
 
     .venv/bin/python benchmarks/tailored_llama.py                      # full report (~3 h on 2 quiet cores; resumes)
     .venv/bin/python benchmarks/tailored_llama.py --report-only        # Markdown from the cells cached so far
@@ -48,11 +48,21 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 CHANCE = {"boolq": 0.5, "piqa": 0.5, "winogrande": 0.5, "hellaswag": 0.25, "arc_easy": 0.25}
 CHANCE |= {"arc_challenge": 0.25, "openbookqa": 0.25}
 NEAR_CHANCE = 0.02
-#: Our pass in other configurations than the paper's, evaluated beside it at every ratio (no tune and task LoRA;
-#: cells `{ratio}/<name>/...`). "hidden": hidden (residual-stream) channels pruned too, as Torch-Pruning's LLM example
-#: does, which spreads the removal over the embedding and every layer instead of the unprotected layers' blocks.
-EXTRA_CONFIGS: dict[str, dict[str, Any]] = {"hidden": {"prune_hidden": True}}
-EXTRA_LABELS = {"hidden": "hidden channels pruned too"}
+#: Other pruning steps than the paper's pass, evaluated beside it at every ratio (no tune and task LoRA; cells
+#: `{ratio}/<name>/...`). "hidden": our pass with hidden (residual-stream) channels pruned too, as Torch-Pruning's LLM
+#: example does, which spreads the removal over the embedding and every layer instead of the unprotected layers'
+#: blocks. "l0": NutePrune's L0 masks (no distillation, the best variant of `benchmarks/nuteprune.py` at its CPU
+#: budget) co-trained with their own LoRA on C4 at `NUTEPRUNE_ARGS`, merged and physically pruned: its "no tune" row
+#: already includes that generic recovery; the task adapters then train on top, as on every other row.
+EXTRA_CONFIGS: dict[str, dict[str, Any]] = {
+    "hidden": {"prune_hidden": True},
+    "l0": {"method": "nuteprune", "distillation": "none"},
+}
+EXTRA_LABELS = {"hidden": "hidden channels pruned too", "l0": "NutePrune L0 masks, no KD, their C4 LoRA merged"}
+#: `benchmarks/nuteprune.py`'s committed CPU-scale quality setting (64,000 C4 tokens in 500 steps).
+NUTEPRUNE_ARGS = ["--steps", "500", "--batch-size", "1", "--seq-len", "128", "--device", "cpu"]
+#: Pruned models that take training to make (the "l0" configuration), saved once and reloaded on resume.
+MODEL_CACHE = ROOT / "outputs" / "tailored_llama"
 #: Command-line options that do not change any cell (the rest must match the cache's settings to reuse it);
 #: `extra_configs` only adds cells under their own keys.
 RUN_OPTIONS = ("out", "report_only", "extra_configs")
@@ -179,12 +189,35 @@ class Bench:
         return merged, {"train_loss": result.training_loss, "steps": result.global_step}
 
     def pruned(self, ratio: float, **overrides: Any):
-        """A pruned copy of the dense model at `ratio` and its plan; `overrides` change the paper's configuration."""
+        """A pruned copy of the dense model at `ratio` and its plan; `overrides` change the paper's configuration
+        (`method="nuteprune"`: NutePrune's L0 masks instead of our pass)."""
+        if overrides.get("method") == "nuteprune":
+            return self.nuteprune_pruned(ratio, overrides["distillation"])
         config = DepGraphConfig(target_sparsity=ratio, seed=self.args.seed, **overrides)
         calibration = calibration_for(config, self.tokenizer, data_dir=self.args.data_dir)
         model = copy.deepcopy(self.model)
         _, plan = prune(model, config, calibration=calibration)
         return model, plan
+
+    def nuteprune_pruned(self, ratio: float, distillation: str):
+        """NutePrune at `ratio` (`benchmarks/nuteprune.py`'s `train_variant` at `NUTEPRUNE_ARGS`), saved under
+        `MODEL_CACHE` on first use and reloaded from there (with its plan) afterwards."""
+        from transformers import AutoModelForCausalLM
+
+        from tailored_hf.structure import check_saved_plan, save_pruned
+
+        path = MODEL_CACHE / f"nuteprune-{distillation}-{ratio}-seed{self.args.seed}"
+        if not (path / "config.json").is_file():
+            import nuteprune
+
+            argv = [*NUTEPRUNE_ARGS, "--model", self.args.model, "--data-dir", self.args.data_dir]
+            merged, _, info = nuteprune.train_variant(
+                distillation, ratio, nuteprune.parse_args([*argv, "--seed", str(self.args.seed)])
+            )
+            logger.info("NutePrune %s at %.0f%%: %.1f%% removed", distillation, 100 * ratio, 100 * info["sparsity"])
+            save_pruned(merged, path)
+        model = AutoModelForCausalLM.from_pretrained(path)
+        return model, check_saved_plan(model, path)
 
     def tuned_cell(self, base, key: str, train, tasks: list[str], group_by_length: bool = False) -> dict[str, Any]:
         def run() -> dict[str, Any]:
@@ -243,7 +276,7 @@ def main() -> None:
     # the configurations differ most; the cache makes an interrupted run resume).
     for name in args.extra_configs:
         for tuned in (False, True):
-            for ratio in sorted(args.ratios, reverse=tuned):
+            for ratio in sorted(args.ratios, reverse=True):
                 prefix = f"{ratio:.0%}/{name}"
                 keys = [f"{prefix}/task/{t}" for t in tasks] if tuned else [f"{prefix}/pruned"]
                 if all(key in bench.data["cells"] for key in keys) and prefix in bench.data.get("params", {}):
