@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from performance import spread
-from tailored_llama import CHANCE, EXTRA_LABELS, NEAR_CHANCE, extra_configs, mean_stderr
+from tailored_llama import CHANCE, EXTRA_CONFIGS, EXTRA_LABELS, NEAR_CHANCE, extra_configs, mean_stderr
 from training_overhead import memory_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -343,9 +343,10 @@ def peer_section(ours: dict[str, Any] | None, peer: dict[str, Any] | None) -> li
     for ratio in ours["settings"]["ratios"]:
         tag = f"{ratio:.0%}"
         configs = [(tag, "paper config", "tailored_hf depgraph (Taylor)")]
-        configs += [
+        configs += [  # configurations of our pass only: another method's pruning step is not this comparison
             (f"{tag}/{name}", name, f"tailored_hf depgraph (Taylor), {EXTRA_LABELS.get(name, name)}")
             for name in extra_configs(our_cells, tag)
+            if "method" not in EXTRA_CONFIGS.get(name, {})
         ]
         figures = {}
         for prefix, short, label in configs:
@@ -457,7 +458,8 @@ def moonshot_section(
     dense = task_scores(cells, "dense", tasks)
     ceiling = [task_scores(cells, f"dense+task/{t}", [t])[0] for t in tasks]
     lines += [
-        f"Best method measured end to end on the 7 tasks: the dependency-group pass + task-specific LoRA (K={s['k']}) "
+        f"Measured end to end on the 7 tasks: each pruning step of `benchmarks/tailored_llama.py` (the dependency-group "
+        f"pass in two configurations, NutePrune's L0 masks) + task-specific LoRA (K={s['k']}) "
         f"(`benchmarks/results/tailored_llama.md`; first {s['limit']} validation items per task, BoolQ "
         f"{s['boolq_limit']}). Targets: >= 95% of the dense mean at 20% removed, >= 85% at 50% (the Tailored-LLaMA "
         "paper's headline on a 7B model).",
