@@ -503,8 +503,9 @@ def findings(cells: dict[str, Any], s: dict[str, Any], dense: list[float | None]
             if extra_pruned is None:
                 continue
             ppl = cells[f"{tag}/{name}/pruned"]["wikitext2_ppl"], cells[f"{tag}/pruned"]["wikitext2_ppl"]
+            label = EXTRA_LABELS.get(name, name)
             text = (
-                f"  {EXTRA_LABELS.get(name, name).capitalize()} (`{config_text(name)}`): no tune {100 * extra_pruned:.1f} "
+                f"  {label[:1].upper() + label[1:]} (`{config_text(name)}`): no tune {100 * extra_pruned:.1f} "
                 f"vs {100 * pruned:.1f}, WikiText-2 ppl {ppl[0]:.1f} vs {ppl[1]:.1f}"
             )
             if extra_tuned is not None:
