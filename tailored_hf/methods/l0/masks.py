@@ -103,17 +103,24 @@ def _per_layer_parameters(geometry: ModelGeometry, values: MaskValues, hidden: t
             if index in values.ffn
             else torch.tensor(float(layer.intermediate_size), dtype=dtype, device=device)
         )
-        params = hidden * (dqk * (q + kv) + dv * (kv + q)) + 3 * hidden * f + 2 * hidden
-        if geometry.qkv_bias:
-            params = params + dqk * (q + kv) + dv * kv
-        if geometry.o_bias:
-            params = params + hidden
-        if geometry.mlp_bias:
-            params = params + 2 * f + hidden
+        params = _layer_formula(geometry, hidden, q, kv, f, dqk, dv)
         if values.layers is not None:
             params = params * values.layers[index].to(dtype)
         total = total + params
     return total
+
+
+def _layer_formula(geometry: ModelGeometry, hidden, q, kv, f, dqk: int, dv: int) -> torch.Tensor:
+    """One decoder layer's parameters from (expected) hidden width, query heads, KV heads and FFN channels: the module
+    doc's formula, elementwise, so scalars give one layer and `[num_layers]` vectors every layer at once."""
+    params = hidden * (dqk * (q + kv) + dv * (kv + q)) + 3 * hidden * f + 2 * hidden
+    if geometry.qkv_bias:
+        params = params + dqk * (q + kv) + dv * kv
+    if geometry.o_bias:
+        params = params + hidden
+    if geometry.mlp_bias:
+        params = params + 2 * f + hidden
+    return params
 
 
 def _stacked_layer_parameters(geometry: ModelGeometry, values: MaskValues, hidden: torch.Tensor) -> torch.Tensor:
@@ -131,13 +138,7 @@ def _stacked_layer_parameters(geometry: ModelGeometry, values: MaskValues, hidde
         f = torch.stack([values.ffn[i] for i in range(n)]).to(dtype).sum(-1)
     else:
         f = torch.full((n,), float(layer.intermediate_size), dtype=dtype, device=hidden.device)
-    params = hidden * (dqk * (q + kv) + dv * (kv + q)) + 3 * hidden * f + 2 * hidden
-    if geometry.qkv_bias:
-        params = params + dqk * (q + kv) + dv * kv
-    if geometry.o_bias:
-        params = params + hidden
-    if geometry.mlp_bias:
-        params = params + 2 * f + hidden
+    params = _layer_formula(geometry, hidden, q, kv, f, dqk, dv)
     if values.layers is not None:
         params = params * values.layers.to(dtype)
     return params
