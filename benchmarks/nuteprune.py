@@ -8,7 +8,8 @@ Measured claims (issue 6):
    Each step type runs in its own subprocess, because peak RSS is a process-wide high-water mark. glibc's malloc
    keeps freed heap memory resident, so RSS also counts fragmentation: LoRA and NutePrune steps are measured again
    with a fixed mmap threshold (`MALLOC_MMAP_THRESHOLD_`, every tensor above it mapped and unmapped), where peak RSS
-   follows the live tensors; both views are reported.
+   follows the live tensors; both views are reported, and a third with jemalloc preloaded when it is installed
+   (`apt-get install libjemalloc2`).
 2. Step time overhead vs a plain LoRA step, next to its floor: one extra no-grad teacher forward (timed alone).
 3. Quality at each target (default 20% and 50%), same data budget (steps x batch of C4 windows) for every variant:
    no-KD vs KD vs progressive KD (the paper's Table 6 ordering) and the dependency-group pass + LoRA at equal
@@ -76,6 +77,9 @@ DEFAULT_LORA_TARGETS = "q_proj,v_proj"
 MEMORY_CLAIM = 1.15
 # glibc mmap threshold of the live-memory view: tensors above 64 KiB are mmapped, and unmapped when freed.
 LIVE_MMAP_THRESHOLD = 64 * 1024
+# jemalloc, the allocator PyTorch's CPU performance guide recommends (Debian: `apt-get install libjemalloc2`): the
+# third view, preloaded into the step subprocesses when found here.
+JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -316,6 +320,17 @@ def measure_costs(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             for kind, r in live.items()
         },
     }
+    jemalloc = next((path for path in JEMALLOC_PATHS if Path(path).is_file()), None)
+    if jemalloc is not None:
+        env = {**os.environ, "LD_PRELOAD": jemalloc}
+        views = {kind: run_step_subprocess(kind, argv, env) for kind in ("lora", "nuteprune")}
+        results["jemalloc"] = {
+            "library": jemalloc,
+            **{
+                kind: {"peak_rss_mb": r["peak_rss_mb"], "mean_step_seconds": r["mean_step_seconds"]}
+                for kind, r in views.items()
+            },
+        }
     results["summary"] = {
         "rss_ratio_nuteprune_vs_lora": nute["peak_rss_mb"] / lora["peak_rss_mb"],
         "rss_ratio_naive_kd_vs_lora": naive["peak_rss_mb"] / lora["peak_rss_mb"],
@@ -324,6 +339,11 @@ def measure_costs(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         / lora["peak_rss_mb"],
         "memory_claim_met": nute["peak_rss_mb"] / lora["peak_rss_mb"] <= MEMORY_CLAIM,
         "rss_ratio_nuteprune_vs_lora_live": live["nuteprune"]["peak_rss_mb"] / live["lora"]["peak_rss_mb"],
+        "rss_ratio_nuteprune_vs_lora_jemalloc": (
+            results["jemalloc"]["nuteprune"]["peak_rss_mb"] / results["jemalloc"]["lora"]["peak_rss_mb"]
+            if jemalloc is not None
+            else None
+        ),
         # Projection: the measured step plus every snapshot a full run to the target accumulates on the CPU.
         "rss_ratio_nuteprune_full_run_projection": (
             nute["peak_rss_mb"] + nute["snapshot_mb_full_run"] - nute["snapshot_mb"]
@@ -369,47 +389,44 @@ def run_variant(variant: str, target: float, args: argparse.Namespace) -> dict[s
 def train_variant(variant: str, target: float, args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
     """Prune to `target` with `variant` (L0 distillation mode or `depgraph`) and the LoRA training budget of `args`:
     `(merged pruned model, tokenizer, {variant, target, parameter counts, train_seconds, log})`."""
-    from transformers import set_seed
-
     from tailored_hf import PrunerCallback, load_model
     from tailored_hf.methods.depgraph import DepGraphConfig
     from tailored_hf.structure import count_parameters
 
-    device = device_of(args)
     model, tokenizer = load_model(args.model)
     dense = count_parameters(model)
-    # The LoRA initialisation draws from the global RNG before the Trainer seeds it: seed here, so every variant starts
-    # from the same adapters whatever ran earlier in this process.
-    set_seed(args.seed)
-    model = lora_model(model.to(device), args)
     if variant == "depgraph":
         config = DepGraphConfig(target_sparsity=target, calibration_source="c4", seed=args.seed)
     else:
         config = l0_config(target, variant)
-    callback = PrunerCallback(config)
-    out_dir = SCRATCH_DIR / f"run_{variant}_{int(100 * target)}"
-    trainer = trainer_for(model, tokenizer, args, out_dir, [callback], args.steps)
+    merged, info = train_lora(model, tokenizer, args, [PrunerCallback(config)], f"{variant}_{int(100 * target)}")
+    pruned = count_parameters(merged)
+    info = {"variant": variant, "target": target, "params_dense": dense, "params_pruned": pruned} | info
+    return merged, tokenizer, info | {"sparsity": 1 - pruned / dense}
+
+
+def train_lora(model, tokenizer, args: argparse.Namespace, callbacks: list, tag: str) -> tuple[Any, dict[str, Any]]:
+    """LoRA on `model` for the training budget of `args` (`steps x batch_size` C4 windows of `seq_len` tokens),
+    with `callbacks` (a `PrunerCallback` for the variants; none for a plain recovery of an already pruned model, e.g.
+    a peer's at the same budget): `(merged model, {train_seconds, log})`."""
+    from transformers import set_seed
+
+    # The LoRA initialisation draws from the global RNG before the Trainer seeds it: seed here, so every run starts
+    # from the same adapters whatever ran earlier in this process.
+    set_seed(args.seed)
+    model = lora_model(model.to(device_of(args)), args)
+    trainer = trainer_for(model, tokenizer, args, SCRATCH_DIR / f"run_{tag}", callbacks, args.steps)
     start = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - start
     merged = trainer.model.merge_and_unload()
-    pruned = count_parameters(merged)
     history = [
         {k: v for k, v in e.items() if k.startswith("pruning/") or k in ("loss", "step")}
         for e in trainer.state.log_history
     ]
-    info = {
-        "variant": variant,
-        "target": target,
-        "params_dense": dense,
-        "params_pruned": pruned,
-        "sparsity": 1 - pruned / dense,
-        "train_seconds": train_seconds,
-        "log": history,
-    }
     del trainer, model
     gc.collect()
-    return merged, tokenizer, info
+    return merged, {"train_seconds": train_seconds, "log": history}
 
 
 def render(report: dict[str, Any]) -> str:
@@ -475,6 +492,16 @@ def render(report: dict[str, Any]) -> str:
                 f"NutePrune {live['nuteprune']['peak_rss_mb']:.0f} MB: **{ratio:.3f}x** (claim <= {MEMORY_CLAIM}x: "
                 f"{'met' if ratio <= MEMORY_CLAIM else 'NOT met'} in this view). The difference from the default-"
                 "allocator ratio above is fragmentation, not tensors the method keeps.",
+                "",
+            ]
+        jemalloc = costs.get("jemalloc")
+        if jemalloc:
+            ratio = s["rss_ratio_nuteprune_vs_lora_jemalloc"]
+            lines += [
+                f"With jemalloc (`LD_PRELOAD={jemalloc['library']}`, the allocator PyTorch's CPU performance guide "
+                f"recommends): LoRA {jemalloc['lora']['peak_rss_mb']:.0f} MB, NutePrune "
+                f"{jemalloc['nuteprune']['peak_rss_mb']:.0f} MB: **{ratio:.3f}x** (claim <= {MEMORY_CLAIM}x: "
+                f"{'met' if ratio <= MEMORY_CLAIM else 'NOT met'} with this allocator).",
                 "",
             ]
     if report.get("random_weights"):

@@ -26,7 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from performance import spread
-from tailored_llama import CHANCE, EXTRA_CONFIGS, EXTRA_LABELS, NEAR_CHANCE, extra_configs, mean_stderr
+from tailored_llama import (
+    C4_BUDGET_CONFIGS,
+    CHANCE,
+    EXTRA_LABELS,
+    NEAR_CHANCE,
+    c4_budget_text,
+    extra_configs,
+    mean_stderr,
+)
 from training_overhead import memory_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,6 +200,12 @@ def nuteprune_memory_lines(nuteprune: dict[str, Any] | None, source: str = "nute
         else f" With a fixed glibc mmap threshold, where RSS follows live tensors and heap fragmentation does not "
         f"count: {live:.2f}x, {verdict(live, NUTEPRUNE_MEMORY_TARGET)} in that view."
     )
+    jemalloc = s.get("rss_ratio_nuteprune_vs_lora_jemalloc")
+    if jemalloc is not None:
+        live_text += (
+            f" With jemalloc preloaded (PyTorch's recommended CPU allocator): {jemalloc:.2f}x, "
+            f"{verdict(jemalloc, NUTEPRUNE_MEMORY_TARGET)} with that allocator."
+        )
     return [
         f"At `benchmarks/nuteprune.py`'s setting ({cfg['batch_size']} x {cfg['seq_len']} tokens, LoRA on "
         f"{cfg['lora_targets']}): progressive KD {ratio:.2f}x, {verdict(ratio, NUTEPRUNE_MEMORY_TARGET)}; the "
@@ -343,10 +357,10 @@ def peer_section(ours: dict[str, Any] | None, peer: dict[str, Any] | None) -> li
     for ratio in ours["settings"]["ratios"]:
         tag = f"{ratio:.0%}"
         configs = [(tag, "paper config", "tailored_hf depgraph (Taylor)")]
-        configs += [  # configurations of our pass only: another method's pruning step is not this comparison
+        configs += [  # trained configurations are judged against the peer after the same training, below
             (f"{tag}/{name}", name, f"tailored_hf depgraph (Taylor), {EXTRA_LABELS.get(name, name)}")
             for name in extra_configs(our_cells, tag)
-            if "method" not in EXTRA_CONFIGS.get(name, {})
+            if name not in C4_BUDGET_CONFIGS
         ]
         figures = {}
         for prefix, short, label in configs:
@@ -386,7 +400,75 @@ def peer_section(ours: dict[str, Any] | None, peer: dict[str, Any] | None) -> li
                 f"| {tag} | Torch-Pruning, {importance} | {pct(peer_mean)} | {ppl_text(peer_ppl)} | {pct(peer_tuned)} "
                 f"| {'<br>'.join(judged) or '—'} |"
             )
-    return lines + ["", "Per task and settings: `benchmarks/results/torch_pruning.md`.", ""]
+    return lines + [
+        "",
+        *c4_budget_lines(ours, peer),
+        "Per task and settings: `benchmarks/results/torch_pruning.md`.",
+        "",
+    ]
+
+
+def c4_budget_lines(ours: dict[str, Any], peer: dict[str, Any]) -> list[str]:
+    """Our configurations that train on C4 before any task LoRA (NutePrune's L0 masks, co-trained with their LoRA;
+    our pass + the same LoRA) vs Torch-Pruning (its best importance) + the same C4 LoRA: a table per the figures
+    above, each of ours judged against the peer."""
+    tasks = ours["settings"]["tasks"]
+    our_cells = {k: v["value"] for k, v in ours["cells"].items()}
+    peer_cells = {k: v["value"] for k, v in peer["cells"].items()}
+    rows = []
+    for ratio in ours["settings"]["ratios"]:
+        tag = f"{ratio:.0%}"
+        peer_keys = sorted({k.rsplit("/c4/", 1)[0] for k in peer_cells if k.startswith(f"{tag}/") and "/c4/" in k})
+        names = [name for name in extra_configs(our_cells, tag) if name in C4_BUDGET_CONFIGS]
+        if not peer_keys or not names:
+            continue
+        key = peer_keys[0] + "/c4"
+        peer_mean = mean(task_scores(peer_cells, f"{key}/pruned", tasks))
+        peer_ppl = peer_cells.get(f"{key}/pruned", {}).get("wikitext2_ppl")
+        peer_tuned = mean(per_task_tuned(peer_cells, key, tasks))
+        for name in names:
+            prefix = f"{tag}/{name}"
+            our_mean = mean(task_scores(our_cells, f"{prefix}/pruned", tasks))
+            our_ppl = our_cells.get(f"{prefix}/pruned", {}).get("wikitext2_ppl")
+            our_tuned = mean(per_task_tuned(our_cells, prefix, tasks))
+            ahead = []
+            if our_mean is not None and peer_mean is not None:
+                errors = [
+                    mean_stderr(our_cells, f"{prefix}/pruned", tasks),
+                    mean_stderr(peer_cells, f"{key}/pruned", tasks),
+                ]
+                ahead.append(f"C4 LoRA: {gap_text(our_mean, peer_mean, errors)}")
+            if our_ppl is not None and peer_ppl is not None:
+                ahead.append(f"ppl: {'yes' if our_ppl < peer_ppl else 'NO'}")
+            if our_tuned is not None and peer_tuned is not None:
+                errors = [
+                    mean_stderr(our_cells, prefix + "/task/{task}", tasks),
+                    mean_stderr(peer_cells, key + "/task/{task}", tasks),
+                ]
+                ahead.append(f"+ task LoRA: {gap_text(our_tuned, peer_tuned, errors)}")
+            label = EXTRA_LABELS.get(name, name)
+            rows.append(
+                f"| {tag} | tailored_hf, {label} | {pct(our_mean)} | {ppl_text(our_ppl)} | {pct(our_tuned)} | "
+                f"{'; '.join(ahead) or '—'} |"
+            )
+        importance = peer_keys[0].split("/")[1]
+        rows.append(
+            f"| {tag} | Torch-Pruning, {importance} + the same C4 LoRA | {pct(peer_mean)} | {ppl_text(peer_ppl)} | "
+            f"{pct(peer_tuned)} | |"
+        )
+    if not rows:
+        return []
+    return [
+        f"At the same generic training budget ({c4_budget_text()}): NutePrune's L0 masks learn which units to remove "
+        "while their LoRA trains on C4, so the fair peer is Torch-Pruning's pruned model (the importance used for "
+        "the task LoRA above) after the same C4 LoRA; our pass after it is the control that separates the masks' "
+        "gain from the training's.",
+        "",
+        "| ratio | model | 7-task mean, after the C4 LoRA | WikiText-2 ppl | + task LoRA (K=50) | ours ahead of the peer? |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def ppl_text(value: float | None) -> str:

@@ -10,8 +10,9 @@ Recovery follows the paper: LoRA r=8 on all projections, lr 1e-4, 3 epochs, Adam
 (the paper's 64 would make 50 shots a single step per epoch). The task-specific prompt is the task's own lm-eval
 format (the same format is scored); generic tuning uses the Alpaca template on 7*K Alpaca rows (the same number of
 examples as the seven task adapters together). Beside the paper's pass, the pruning steps of `EXTRA_CONFIGS` (our
-pass with hidden channels pruned too; NutePrune's L0 masks) run without tuning and with the task adapters, at every
-ratio. Cells are cached in the JSON so an interrupted run resumes.
+pass with hidden channels pruned too; NutePrune's L0 masks, trained with their LoRA on C4; our pass + the same C4
+LoRA, the control for the masks) run without task tuning and with the task adapters, at every ratio. Cells are cached
+in the JSON so an interrupted run resumes.
 
     .venv/bin/python benchmarks/tailored_llama.py                      # full report (~3 h on 2 quiet cores; resumes)
     .venv/bin/python benchmarks/tailored_llama.py --report-only        # Markdown from the cells cached so far
@@ -28,6 +29,7 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +55,22 @@ NEAR_CHANCE = 0.02
 #: example does, which spreads the removal over the embedding and every layer instead of the unprotected layers'
 #: blocks. "l0": NutePrune's L0 masks (no distillation, the best variant of `benchmarks/nuteprune.py` at its CPU
 #: budget) co-trained with their own LoRA on C4 at `NUTEPRUNE_ARGS`, merged and physically pruned: its "no tune" row
-#: already includes that generic recovery; the task adapters then train on top, as on every other row.
+#: already includes that generic recovery; the task adapters then train on top, as on every other row. "c4": the
+#: paper's pass followed by a LoRA of the same C4 budget and settings, merged (no masks): the control that tells the L0
+#: masks' gain from that of the training they come with.
 EXTRA_CONFIGS: dict[str, dict[str, Any]] = {
+    "c4": {"generic_lora": "c4"},
     "hidden": {"prune_hidden": True},
     "l0": {"method": "nuteprune", "distillation": "none"},
 }
-EXTRA_LABELS = {"hidden": "hidden channels pruned too", "l0": "NutePrune L0 masks, no KD, their C4 LoRA merged"}
+#: The configurations whose "no tune" row already carries the C4 LoRA budget of `NUTEPRUNE_ARGS`: compared with a
+#: peer after the same C4 LoRA, not with a peer left untrained.
+C4_BUDGET_CONFIGS = ("c4", "l0")
+EXTRA_LABELS = {
+    "c4": "the L0 row's C4 LoRA budget merged",
+    "hidden": "hidden channels pruned too",
+    "l0": "NutePrune L0 masks, no KD, their C4 LoRA merged",
+}
 #: `benchmarks/nuteprune.py`'s committed CPU-scale quality setting (64,000 C4 tokens in 500 steps).
 NUTEPRUNE_ARGS = ["--steps", "500", "--batch-size", "1", "--seq-len", "128", "--device", "cpu"]
 #: Pruned models that take training to make (the "l0" configuration), saved once and reloaded on resume.
@@ -193,6 +205,13 @@ class Bench:
         (`method="nuteprune"`: NutePrune's L0 masks instead of our pass)."""
         if overrides.get("method") == "nuteprune":
             return self.nuteprune_pruned(ratio, overrides["distillation"])
+        if overrides.get("generic_lora") == "c4":
+            rest = {k: v for k, v in overrides.items() if k != "generic_lora"}
+            name = "".join(f"-{k}={v}" for k, v in sorted(rest.items()))
+            return self.cached_model(
+                f"depgraph{name}-c4lora-{ratio}-seed{self.args.seed}",
+                lambda: c4_lora(self.pruned(ratio, **rest)[0], self.tokenizer, self.args),
+            )
         config = DepGraphConfig(target_sparsity=ratio, seed=self.args.seed, **overrides)
         calibration = calibration_for(config, self.tokenizer, data_dir=self.args.data_dir)
         model = copy.deepcopy(self.model)
@@ -200,22 +219,27 @@ class Bench:
         return model, plan
 
     def nuteprune_pruned(self, ratio: float, distillation: str):
-        """NutePrune at `ratio` (`benchmarks/nuteprune.py`'s `train_variant` at `NUTEPRUNE_ARGS`), saved under
-        `MODEL_CACHE` on first use and reloaded from there (with its plan) afterwards."""
+        """NutePrune at `ratio` (`benchmarks/nuteprune.py`'s `train_variant` at `NUTEPRUNE_ARGS`)."""
+
+        def train() -> torch.nn.Module:
+            import nuteprune
+
+            merged, _, info = nuteprune.train_variant(distillation, ratio, nuteprune_args(self.args))
+            logger.info("NutePrune %s at %.0f%%: %.1f%% removed", distillation, 100 * ratio, 100 * info["sparsity"])
+            return merged
+
+        return self.cached_model(f"nuteprune-{distillation}-{ratio}-seed{self.args.seed}", train)
+
+    def cached_model(self, name: str, build: Callable[[], torch.nn.Module]):
+        """The pruned model `build()` makes (those that take training), saved under `MODEL_CACHE / name` on first
+        use and reloaded from there, with its plan, afterwards."""
         from transformers import AutoModelForCausalLM
 
         from tailored_hf.structure import check_saved_plan, save_pruned
 
-        path = MODEL_CACHE / f"nuteprune-{distillation}-{ratio}-seed{self.args.seed}"
+        path = MODEL_CACHE / name
         if not (path / "config.json").is_file():
-            import nuteprune
-
-            argv = [*NUTEPRUNE_ARGS, "--model", self.args.model, "--data-dir", self.args.data_dir]
-            merged, _, info = nuteprune.train_variant(
-                distillation, ratio, nuteprune.parse_args([*argv, "--seed", str(self.args.seed)])
-            )
-            logger.info("NutePrune %s at %.0f%%: %.1f%% removed", distillation, 100 * ratio, 100 * info["sparsity"])
-            save_pruned(merged, path)
+            save_pruned(build(), path)
         model = AutoModelForCausalLM.from_pretrained(path)
         return model, check_saved_plan(model, path)
 
@@ -412,6 +436,36 @@ def render(data: dict[str, Any]) -> str:
         f"Total cell time: {timing / 60:.1f} min. Reproduce: `.venv/bin/python benchmarks/tailored_llama.py`."
     )
     return "\n".join(lines) + "\n"
+
+
+def nuteprune_args(args: argparse.Namespace) -> argparse.Namespace:
+    """`benchmarks/nuteprune.py`'s arguments at `NUTEPRUNE_ARGS` for this run's model, data and seed."""
+    import nuteprune
+
+    argv = [*NUTEPRUNE_ARGS, "--model", args.model, "--data-dir", args.data_dir, "--seed", str(args.seed)]
+    return nuteprune.parse_args(argv)
+
+
+def c4_budget_text() -> str:
+    """The C4 LoRA budget of `NUTEPRUNE_ARGS`, in words."""
+    a = nuteprune_args(argparse.Namespace(model="", data_dir="", seed=0))
+    targets = " and ".join(a.lora_targets.split(","))
+    return (
+        f"{a.steps} steps x {a.batch_size} window{'s' * (a.batch_size > 1)} of {a.seq_len} C4 tokens, LoRA "
+        f"r={a.lora_r} alpha "
+        f"{a.lora_alpha} on {targets}, lr {a.learning_rate:g}"
+    )
+
+
+def c4_lora(model: torch.nn.Module, tokenizer, args: argparse.Namespace) -> torch.nn.Module:
+    """`model` (already pruned) after the LoRA that the "l0" configuration trains with its masks: the same C4
+    windows, steps, rank, targets and learning rate (`NUTEPRUNE_ARGS`), merged into the weights."""
+    import nuteprune
+
+    settings = nuteprune_args(args)
+    merged, info = nuteprune.train_lora(model, tokenizer, settings, [], "c4_lora")
+    logger.info("C4 LoRA: %d steps in %.0fs", settings.steps, info["train_seconds"])
+    return merged
 
 
 def config_text(name: str) -> str:

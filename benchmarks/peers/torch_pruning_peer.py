@@ -31,8 +31,11 @@ which TP prunes as a separate copy of the tied embedding, is tied back (the copi
 Evaluation and recovery are `benchmarks/tailored_llama.py`'s own (imported, not copied): the first 200 validation items
 per task (BoolQ 100), primary metric; WikiText-2 token perplexity over 40 windows of 128 tokens; task LoRA r=8 on all
 7 projections, lr 1e-4, 3 epochs, batch 8, K=50 shots, completion-only, max_length 512, seed 0. The task-LoRA cells
-use the importance with the higher no-tune 7-task mean. Our numbers are read from `benchmarks/results/
-tailored_llama.json` (never rerun here). Cells are cached in the JSON, so an interrupted run resumes.
+use the importance with the higher no-tune 7-task mean. That importance's model is also trained with the C4 LoRA of
+our NutePrune row (`tailored_llama.c4_lora`: NutePrune's masks learn while their LoRA trains, so a peer left untrained
+is no fair comparison for them), then evaluated and task-tuned again (`{ratio}/{importance}/c4/...` cells;
+`--no-c4-lora` skips them). Our numbers are read from `benchmarks/results/tailored_llama.json` (never rerun here).
+Cells are cached in the JSON, so an interrupted run resumes.
 
     make peers                                                            # once: Torch-Pruning into .peers/
     .venv/bin/python benchmarks/peers/torch_pruning_peer.py               # full comparison (~2.5 h on 2 quiet cores)
@@ -67,7 +70,17 @@ ROOT = Path(__file__).resolve().parents[2]
 PEERS_DIR = ROOT / ".peers"
 sys.path.append(str(ROOT / "benchmarks"))  # the protocol of record: tailored_llama.py's Bench
 
-from tailored_llama import CHANCE, EXTRA_CONFIGS, EXTRA_LABELS, Bench, config_text, extra_configs  # noqa: E402
+from tailored_llama import (  # noqa: E402
+    C4_BUDGET_CONFIGS,
+    CHANCE,
+    EXTRA_CONFIGS,
+    EXTRA_LABELS,
+    Bench,
+    c4_budget_text,
+    c4_lora,
+    config_text,
+    extra_configs,
+)
 
 from tailored_hf.eval import COMMONSENSE_TASKS  # noqa: E402
 from tailored_hf.methods.depgraph import DepGraphConfig, calibration_for  # noqa: E402
@@ -91,7 +104,7 @@ MAX_SEARCH_STEPS = 12
 #: Each secant step lands at least this fraction of the bracket away from its ends, so the bracket always shrinks.
 MIN_BRACKET_STEP = 0.1
 #: Command-line options that do not change any cell (the rest must match the cache's settings to reuse it).
-RUN_OPTIONS = ("out", "report_only", "tune", "ours")
+RUN_OPTIONS = ("out", "report_only", "tune", "c4_lora", "ours")
 #: Settings that must agree with tailored_llama.json's for the two to be compared.
 PROTOCOL_KEYS = ("model", "limit", "boolq_limit", "ppl_windows", "k", "lora_r", "learning_rate", "epochs")
 PROTOCOL_KEYS += ("batch_size", "seed")
@@ -112,6 +125,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--boolq-limit", type=int, default=100, help="BoolQ items (long passages)")
     parser.add_argument("--ppl-windows", type=int, default=40, help="WikiText-2 windows of 128 tokens")
     parser.add_argument("--tune", action=argparse.BooleanOptionalAction, default=True, help="task LoRA cells")
+    parser.add_argument(
+        "--c4-lora",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cells of the best importance after the C4 LoRA budget of our NutePrune row (no tune and task LoRA)",
+    )
     parser.add_argument("--k", type=int, default=50, help="task shots (paper: 50)")
     parser.add_argument("--lora-r", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
@@ -373,6 +392,15 @@ class PeerBench(Bench):
         }
         return model, record
 
+    def repruned(self, tag: str, importance: str) -> torch.nn.Module:
+        """The model of the cached `{tag}/{importance}/pruned` cell, pruned again at its recorded TP ratio (pruning is
+        deterministic; the size is checked)."""
+        record = self.data["cells"][f"{tag}/{importance}/pruned"]["value"]["pruning"]
+        model, _, _ = self.prune_copy(importance, record["tp_ratio"])
+        if count_parameters(model) != record["pruned"]:
+            raise RuntimeError(f"Re-pruning {tag}/{importance} gave another size than the cached cell's.")
+        return model
+
     def pruned_cell(
         self, ratio: float, importance: str, start: float | None, keep: dict[str, torch.nn.Module]
     ) -> dict[str, Any]:
@@ -422,14 +450,20 @@ def main() -> None:
         best = best_importance(cells, tag, args.importances, tasks)
         keys = [f"{tag}/{best}/task/{t}" for t in tasks]
         if args.tune and not all(key in bench.data["cells"] for key in keys):
-            model = models.get(best)
-            if model is None:  # pruned in an earlier run: re-prune at the recorded ratio (deterministic)
-                record = cells[f"{tag}/{best}/pruned"]["pruning"]
-                model, _, _ = bench.prune_copy(best, record["tp_ratio"])
-                if count_parameters(model) != record["pruned"]:
-                    raise RuntimeError(f"Re-pruning {tag}/{best} gave another size than the cached cell's.")
+            if best not in models:
+                models[best] = bench.repruned(tag, best)
+            model = models[best]
             for task in tasks:
                 bench.tuned_cell(model, f"{tag}/{best}/task/{task}", bench.shots(task, args.k), [task])
+        if args.c4_lora:
+            keys = [f"{tag}/{best}/c4/pruned"] + [f"{tag}/{best}/c4/task/{t}" for t in tasks if args.tune]
+            if not all(key in bench.data["cells"] for key in keys):
+                # The pruned model after the same C4 LoRA as our "c4" and "l0" rows (their generic budget), merged.
+                base = models.pop(best) if best in models else bench.repruned(tag, best)
+                model = c4_lora(base, bench.tokenizer, args)
+                bench.cell(keys[0], lambda model=model: bench.evaluate(model, tasks))
+                for task, key in zip(tasks, keys[1:]):
+                    bench.tuned_cell(model, key, bench.shots(task, args.k), [task])
         models.clear()
     bench.data["environment"] = {
         "torch_pruning": tp_version(),
@@ -487,16 +521,69 @@ def comparison(data: dict[str, Any], ours: dict[str, Any] | None) -> list[str]:
             + f" | {pct(mean(values))} | {ppl_text} |"
         )
 
-    def verdict(when: str, ours: tuple[float | None, float | None], peer: tuple[float | None, float | None]) -> str:
+    def verdict(
+        when: str,
+        ours: tuple[float | None, float | None],
+        peer: tuple[float | None, float | None],
+        peer_label: str | None = None,
+    ) -> str:
         (our_mean, our_ppl), (peer_mean, peer_ppl) = ours, peer
         if our_mean is None or peer_mean is None:
             return f"- {when}: not computed yet."
         ahead = "yes" if our_mean > peer_mean else "no"
         text = f"- {when}: ours ahead: **{ahead}** ({len(tasks)}-task mean {pct(our_mean)} vs {pct(peer_mean)} for "
-        text += f"Torch-Pruning {best}"
+        text += f"Torch-Pruning {peer_label or best}"
         if our_ppl is not None and peer_ppl is not None:
             text += f"; WikiText-2 ppl {our_ppl:.1f} vs {peer_ppl:.1f}: **{'yes' if our_ppl < peer_ppl else 'no'}**"
         return text + ")."
+
+    def c4_budget_rows(tag: str, best: str | None, names: list[str]) -> list[str]:
+        """Our rows that carry the C4 LoRA budget (`C4_BUDGET_CONFIGS`) beside Torch-Pruning after the same LoRA."""
+        out = [
+            "",
+            f"At the same generic LoRA budget (the C4 LoRA of our NutePrune row, {c4_budget_text()}):",
+            "",
+            header,
+        ]
+        out.append(rule)
+        peer_key = f"{tag}/{best}/c4"
+        best_cell = cells.get(f"{tag}/{best}/pruned") if best else None
+        peer_removed = best_cell["pruning"]["achieved"] if best_cell else None
+        peer_cell = cells.get(f"{peer_key}/pruned", {})
+        peer_values = scores(cells, f"{peer_key}/pruned")
+        for name in names:
+            prefix = f"{tag}/{name}"
+            removed = our_params.get(prefix, {}).get("achieved")
+            ppl = our_cells.get(f"{prefix}/pruned", {}).get("wikitext2_ppl")
+            out.append(row(f"ours, {EXTRA_LABELS[name]}", removed, scores(our_cells, f"{prefix}/pruned"), ppl))
+        out.append(
+            row(f"Torch-Pruning {best} + the same C4 LoRA", peer_removed, peer_values, peer_cell.get("wikitext2_ppl"))
+        )
+        for name in names:
+            removed = our_params.get(f"{tag}/{name}", {}).get("achieved")
+            label = f"ours, {EXTRA_LABELS[name]} + task LoRA (K={s['k']})"
+            out.append(row(label, removed, tuned(our_cells, f"{tag}/{name}"), NOT_MEASURED))
+        peer_tuned = tuned(cells, peer_key)
+        label = f"Torch-Pruning {best} + the same C4 LoRA + task LoRA (K={s['k']})"
+        out += [row(label, peer_removed, peer_tuned, NOT_MEASURED), ""]
+        for name in names:
+            prefix, label = f"{tag}/{name}", EXTRA_LABELS[name]
+            before = (
+                mean(scores(our_cells, f"{prefix}/pruned")),
+                our_cells.get(f"{prefix}/pruned", {}).get("wikitext2_ppl"),
+            )
+            peer = (mean(peer_values), peer_cell.get("wikitext2_ppl"))
+            out.append(verdict(f"After the C4 LoRA, {label}", before, peer, f"{best} + the same C4 LoRA"))
+            after = (mean(tuned(our_cells, prefix)), None)
+            out.append(
+                verdict(
+                    f"After the C4 LoRA + task LoRA, {label}",
+                    after,
+                    (mean(peer_tuned), None),
+                    f"{best} + the same C4 LoRA + task LoRA",
+                )
+            )
+        return out
 
     header = "| model | removed % | " + " | ".join(tasks) + " | mean | WikiText-2 ppl |"
     rule = "|---" * (len(tasks) + 4) + "|"
@@ -508,7 +595,9 @@ def comparison(data: dict[str, Any], ours: dict[str, Any] | None) -> list[str]:
         ours_pruned = scores(our_cells, f"{tag}/pruned")
         ours_ppl = our_cells.get(f"{tag}/pruned", {}).get("wikitext2_ppl")
         lines.append(row("ours, no tune", ours_removed, ours_pruned, ours_ppl))
-        extras = extra_configs([*our_cells, *our_params], tag)
+        found = extra_configs([*our_cells, *our_params], tag)
+        extras = [name for name in found if name not in C4_BUDGET_CONFIGS]
+        budget_extras = [name for name in found if name in C4_BUDGET_CONFIGS]
         for name in extras:
             prefix = f"{tag}/{name}"
             removed = our_params.get(prefix, {}).get("achieved")
@@ -546,6 +635,8 @@ def comparison(data: dict[str, Any], ours: dict[str, Any] | None) -> list[str]:
             lines.append(verdict(f"Before tuning, {label}", before, (peer_means.get(best), peer_ppl)))
             after = (mean(tuned(our_cells, prefix)), None)
             lines.append(verdict(f"After task LoRA, {label}", after, (mean(peer_tuned), None)))
+        if budget_extras or any(k.startswith(f"{tag}/{best}/c4/") for k in cells):
+            lines += c4_budget_rows(tag, best, budget_extras)
         lines.append("")
     return lines
 
