@@ -53,6 +53,7 @@ class RuntimeMasks:
         self.heads: dict[int, torch.Tensor] = {}
         self.ffn: dict[int, torch.Tensor] = {}
         self.hidden: torch.Tensor | None = None
+        self.hidden_grad_support: torch.Tensor | None = None
         self.layers: torch.Tensor | None = None
         self.qk_pairs: dict[int, torch.Tensor] = {}
         self.v_dims: dict[int, torch.Tensor] = {}
@@ -75,9 +76,14 @@ class RuntimeMasks:
         """Mask value dims of `layer` (`v_dim` entries, shared by all its value heads)."""
         self._set(self.v_dims, layer, mask, self.geometry.layers[layer].v_dim, "v_dims")
 
-    def set_hidden(self, mask: torch.Tensor | None) -> None:
+    def set_hidden(self, mask: torch.Tensor | None, grad_support: torch.Tensor | None = None) -> None:
+        """Mask hidden channels. `grad_support`: the indices of the channels where `mask`'s gradient can be non-zero
+        (for a hard-concrete sample, the gates strictly between 0 and 1: the clamp passes no gradient elsewhere);
+        the residual-stream hooks then keep only those channels of each masked output for backward instead of the
+        whole output. None: every channel."""
         _check_size(mask, self.geometry.hidden_size, "hidden")
         self.hidden = mask
+        self.hidden_grad_support = None if mask is None else grad_support
 
     def set_layers(self, mask: torch.Tensor | None) -> None:
         _check_size(mask, self.geometry.num_layers, "layers")
@@ -89,6 +95,7 @@ class RuntimeMasks:
         self.qk_pairs.clear()
         self.v_dims.clear()
         self.hidden = None
+        self.hidden_grad_support = None
         self.layers = None
 
     def set_from_plan(self, plan: PruningPlan) -> None:
@@ -225,7 +232,10 @@ class RuntimeMasks:
     def _mask_hidden_output(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
         if self.hidden is None:
             return None
-        return output * self.hidden.to(device=output.device, dtype=output.dtype)
+        mask, support = self.hidden.to(device=output.device, dtype=output.dtype), self.hidden_grad_support
+        if support is not None and torch.is_grad_enabled() and mask.requires_grad:
+            return _SupportedChannelMask.apply(output, mask, support.to(output.device))
+        return output * mask
 
     def _norm_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
         """Recompute RMSNorm over the kept channels (the sliced norm's statistics), then mask.
@@ -272,6 +282,27 @@ class _GatedProductMask(torch.autograd.Function):
         return grad_x, grad_mask, None, None
 
 
+class _SupportedChannelMask(torch.autograd.Function):
+    """`x * mask` over the last dim whose mask gradient is formed on the channels `support` only: it keeps
+    `x[..., support]` for backward instead of `x` (the gradient is zero on the other channels)."""
+
+    @staticmethod
+    def forward(ctx, x, mask, support):  # noqa: D102
+        kept = x.index_select(-1, support) if ctx.needs_input_grad[1] else None
+        ctx.save_for_backward(kept, mask, support)
+        return x * mask
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        kept, mask, support = ctx.saved_tensors
+        grad_x = grad * mask if ctx.needs_input_grad[0] else None
+        grad_mask = None
+        if ctx.needs_input_grad[1]:
+            per_channel = (grad.index_select(-1, support) * kept).sum(dim=tuple(range(grad.dim() - 1)))
+            grad_mask = torch.zeros_like(mask).index_copy_(0, support, per_channel.to(mask.dtype))
+        return grad_x, grad_mask, None
+
+
 def _is_product_of(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether autograd recorded `x` as the elementwise product of `a` and `b` (so `x` can be recomputed from them)."""
     node = x.grad_fn
@@ -294,9 +325,12 @@ def _masked_rms_norm(
     compute = torch.promote_types(x.dtype, torch.float32)
     maskf = mask.to(compute)
     xf = x.to(compute)
-    variance = (xf.pow(2) * maskf).sum(-1, keepdim=True) / maskf.sum().clamp_min(1.0)
+    variance = (xf.square() @ maskf).unsqueeze(-1) / maskf.sum().clamp_min(1.0)
     normed = (xf * torch.rsqrt(variance + eps)).to(x.dtype)
-    return weight * normed * mask.to(x.dtype), variance
+    scale = weight * mask.to(x.dtype)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, mask)):
+        return normed * scale, variance
+    return normed.mul_(scale), variance  # in place: one [tokens, hidden] temporary fewer
 
 
 class _MaskedRMSNorm(torch.autograd.Function):

@@ -565,3 +565,46 @@ def test_loss_term_scaling_for_accumulation_and_task_weight():
     assert float(share) == 0.5
     added = share * method._loss_term(model, kwargs, output)
     torch.testing.assert_close(added, torch.tensor(gap / 2 + (0.25 - 1.0) * 2.0, dtype=added.dtype))
+
+
+def test_hidden_sample_keeps_only_unclamped_channels_for_backward(tiny_model):
+    """A sampled hidden mask keeps, for its gradient, only the channels whose gate is strictly between 0 and 1 (the
+    clamp passes no gradient elsewhere): log_alpha gradients equal those of keeping whole outputs; fewer bytes."""
+    model = lora(copy.deepcopy(tiny_model))
+    geometry = ModelGeometry.from_config(A.unwrap_model(model).config)
+    masks = L0Masks(geometry, L0Config(target_sparsity=0.3))
+    with torch.no_grad():  # about a third of the gates clamped to 1, a third to 0, a third in between
+        masks.hidden.copy_(torch.linspace(-6.0, 6.0, geometry.hidden_size))
+    ids = input_batch()
+    params = {id(p) for p in model.parameters()}
+
+    def step(with_support: bool) -> tuple[torch.Tensor, int]:
+        masks.zero_grad()
+        values = masks.sample(torch.Generator().manual_seed(0))
+        assert values.hidden_grad_support is not None
+        support = values.hidden_grad_support
+        clamped = ((values.hidden == 0) | (values.hidden == 1)).sum()
+        assert 0 < support.numel() < geometry.hidden_size and clamped > 0
+        if not with_support:
+            values.hidden_grad_support = None
+        nbytes, seen = 0, set()
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal nbytes
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in seen and id(t) not in params:
+                seen.add(ptr)
+                nbytes += t.untyped_storage().nbytes()
+            return t
+
+        with RuntimeMasks(model) as runtime, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            values.install(runtime)
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return masks.hidden.grad.clone(), nbytes
+
+    grad, nbytes = step(with_support=True)
+    reference, ref_nbytes = step(with_support=False)
+    torch.testing.assert_close(grad, reference, rtol=1e-5, atol=1e-7)
+    assert grad.abs().sum() > 0
+    assert nbytes < ref_nbytes

@@ -439,3 +439,28 @@ def test_masked_rms_norm_analytic_backward_in_bfloat16():
     for a, b in zip(ours, theirs):
         assert a.dtype == b.dtype
         torch.testing.assert_close(a.float(), b.float(), atol=5e-2, rtol=5e-2)
+
+
+def test_hidden_mask_grad_support_keeps_only_those_channels():
+    """`set_hidden(..., grad_support=idx)`: outputs and input gradients unchanged, the mask's gradient exact on the
+    supported channels and zero elsewhere (float64 gradcheck with full support)."""
+    from tailored_hf.structure.masks import _SupportedChannelMask
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 8, generator=generator, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(8, generator=generator, dtype=torch.float64, requires_grad=True)
+    support = torch.tensor([1, 4, 5])
+    grad_out = torch.randn(2, 3, 8, generator=generator, dtype=torch.float64)
+    out = _SupportedChannelMask.apply(x, mask, support)
+    torch.testing.assert_close(out, x * mask, rtol=0, atol=0)
+    gx, gm = torch.autograd.grad(out, (x, mask), grad_out)
+    rx, rm = torch.autograd.grad(x * mask, (x, mask), grad_out)
+    torch.testing.assert_close(gx, rx, rtol=0, atol=0)
+    torch.testing.assert_close(gm[support], rm[support])
+    assert torch.count_nonzero(gm) == support.numel()
+    none = torch.zeros(0, dtype=torch.long)  # every gate clamped: no mask gradient, input gradient unchanged
+    gx, gm = torch.autograd.grad(_SupportedChannelMask.apply(x, mask, none), (x, mask), grad_out)
+    torch.testing.assert_close(gx, rx, rtol=0, atol=0)
+    assert not gm.any()
+    full = torch.arange(8)
+    assert torch.autograd.gradcheck(lambda a, m: _SupportedChannelMask.apply(a, m, full), (x, mask))

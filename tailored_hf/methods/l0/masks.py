@@ -40,6 +40,9 @@ class MaskValues:
     ffn: dict[int, torch.Tensor] = field(default_factory=dict)
     hidden: torch.Tensor | None = None
     layers: torch.Tensor | None = None
+    #: For a differentiable hard-concrete sample: the hidden gates strictly between 0 and 1, the only ones whose
+    #: gradient reaches log_alpha through the clamp (`RuntimeMasks.set_hidden`'s `grad_support`).
+    hidden_grad_support: torch.Tensor | None = None
 
     def install(self, runtime: RuntimeMasks) -> None:
         """Put these values into `runtime` (the structure engine's hook-based masks)."""
@@ -48,7 +51,7 @@ class MaskValues:
             runtime.set_heads(index, mask)
         for index, mask in self.ffn.items():
             runtime.set_ffn(index, mask)
-        runtime.set_hidden(self.hidden)
+        runtime.set_hidden(self.hidden, grad_support=self.hidden_grad_support)
         runtime.set_layers(self.layers)
 
     def detach(self) -> MaskValues:
@@ -200,9 +203,15 @@ class L0Masks(nn.Module):
     def sample(self, generator: torch.Generator) -> MaskValues:
         """One reparameterised hard-concrete sample of every gate (noise from the CPU `generator`, drawn in the order
         of `_map`, so the same stream as one draw per group)."""
-        return self._map_flat(
+        values = self._map_flat(
             lambda flat: self.distribution.sample(flat, self.distribution.noise(flat.shape, generator))
         )
+        if values.hidden is not None and values.hidden.requires_grad:
+            # Where the sample is clamped to exactly 0 or 1 its gradient is zero: the hidden-output hooks then keep
+            # only the other channels of each masked output for backward (one device sync per sample).
+            hidden = values.hidden.detach()
+            values.hidden_grad_support = ((hidden > 0) & (hidden < 1)).nonzero().squeeze(1)
+        return values
 
     def deterministic(self) -> MaskValues:
         """Hard 0/1 evaluation masks (expected number of zeros per group, lowest log_alpha first)."""
