@@ -110,11 +110,26 @@ def main() -> None:
     rows["+ ffn mask, storing the product"] = measure(("ffn",), StoredProductMasks)
     rows["+ hidden mask, norms storing intermediates"] = measure(("hidden",), StoredNormMasks)
     rows["+ all three, storing both"] = measure(tuple(setters), StoredBothMasks)
+    # What L0 trains with: a hard-concrete sample, whose gates clamped to exactly 0 or 1 pass no gradient, so the
+    # hidden-output hooks keep only the unclamped channels (`grad_support`); at initialisation (1% drop rate).
+    from tailored_hf.methods.l0 import L0Config, L0Masks
+    from tailored_hf.structure import ModelGeometry
+
+    l0 = L0Masks(ModelGeometry.from_config(config), L0Config(target_sparsity=0.2))
+    sample = l0.sample(torch.Generator().manual_seed(0))
+    setters["hidden, an L0 sample at init"] = lambda m: m.set_hidden(
+        sample.hidden, grad_support=sample.hidden_grad_support
+    )
+    setters["all three, an L0 sample at init"] = sample.install
+    for kind in ("hidden, an L0 sample at init", "all three, an L0 sample at init"):
+        rows[f"+ {kind}"] = measure((kind,))
+    unclamped = sample.hidden_grad_support.numel()
     base = rows["plain LoRA"]
     report = {
         "settings": {**vars(args), "tokens": int(input_ids.numel())},
         "saved_mib": rows,
         "ratio_to_plain": {name: value / base for name, value in rows.items()},
+        "l0_sample_unclamped_hidden": unclamped,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -128,6 +143,9 @@ def main() -> None:
         "| forward | saved (MiB) | vs plain LoRA |",
         "|---|---|---|",
         *(f"| {name} | {value:.1f} | {value / base:.2f}x |" for name, value in rows.items()),
+        "",
+        f"The L0 sample rows: {unclamped} of {config.hidden_size} hidden gates strictly between 0 and 1 (the rest "
+        "clamped, no gradient), so each masked residual output keeps only those channels for backward.",
         "",
         "Reproduce: `.venv/bin/python benchmarks/mask_memory.py`.",
     ]
