@@ -67,7 +67,7 @@ EXTRA_CONFIGS: dict[str, dict[str, Any]] = {
 #: peer after the same C4 LoRA, not with a peer left untrained.
 C4_BUDGET_CONFIGS = ("c4", "l0")
 EXTRA_LABELS = {
-    "c4": "the L0 row's C4 LoRA budget merged",
+    "c4": "our pass + the L0 row's C4 LoRA, merged",
     "hidden": "hidden channels pruned too",
     "l0": "NutePrune L0 masks, no KD, their C4 LoRA merged",
 }
