@@ -293,6 +293,15 @@ def run_step_subprocess(kind: str, argv: list[str], env: dict[str, str]) -> dict
     return json.loads(lines[-1])
 
 
+def allocator_view(argv: list[str], env: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Peak RSS and step time of the LoRA and NutePrune steps again, with `env` added (an allocator setting)."""
+    views = {kind: run_step_subprocess(kind, argv, {**os.environ, **env}) for kind in ("lora", "nuteprune")}
+    return {
+        kind: {"peak_rss_mb": r["peak_rss_mb"], "mean_step_seconds": r["mean_step_seconds"]}
+        for kind, r in views.items()
+    }
+
+
 def measure_costs(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     results = {kind: run_step_subprocess(kind, argv, os.environ.copy()) for kind in STEP_KINDS}
     lora, nute, naive = results["lora"], results["nuteprune"], results["naive_kd"]
@@ -311,26 +320,11 @@ def measure_costs(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             "snapshot_mb_full_run": nute["snapshot_mb_full_run"],
         }
         return results
-    live_env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(LIVE_MMAP_THRESHOLD)}
-    live = {kind: run_step_subprocess(kind, argv, live_env) for kind in ("lora", "nuteprune")}
-    results["live_memory"] = {
-        "mmap_threshold_bytes": LIVE_MMAP_THRESHOLD,
-        **{
-            kind: {"peak_rss_mb": r["peak_rss_mb"], "mean_step_seconds": r["mean_step_seconds"]}
-            for kind, r in live.items()
-        },
-    }
+    live = allocator_view(argv, {"MALLOC_MMAP_THRESHOLD_": str(LIVE_MMAP_THRESHOLD)})
+    results["live_memory"] = {"mmap_threshold_bytes": LIVE_MMAP_THRESHOLD, **live}
     jemalloc = next((path for path in JEMALLOC_PATHS if Path(path).is_file()), None)
     if jemalloc is not None:
-        env = {**os.environ, "LD_PRELOAD": jemalloc}
-        views = {kind: run_step_subprocess(kind, argv, env) for kind in ("lora", "nuteprune")}
-        results["jemalloc"] = {
-            "library": jemalloc,
-            **{
-                kind: {"peak_rss_mb": r["peak_rss_mb"], "mean_step_seconds": r["mean_step_seconds"]}
-                for kind, r in views.items()
-            },
-        }
+        results["jemalloc"] = {"library": jemalloc, **allocator_view(argv, {"LD_PRELOAD": jemalloc})}
     results["summary"] = {
         "rss_ratio_nuteprune_vs_lora": nute["peak_rss_mb"] / lora["peak_rss_mb"],
         "rss_ratio_naive_kd_vs_lora": naive["peak_rss_mb"] / lora["peak_rss_mb"],

@@ -379,21 +379,12 @@ def peer_section(ours: dict[str, Any] | None, peer: dict[str, Any] | None) -> li
             peer_tuned = mean(per_task_tuned(peer_cells, key, tasks))
             judged = []
             for short, (prefix, our_mean, our_ppl, our_tuned) in figures.items():
-                ahead = []
-                if our_mean is not None and peer_mean is not None:
-                    errors = [
-                        mean_stderr(our_cells, f"{prefix}/pruned", tasks),
-                        mean_stderr(peer_cells, f"{key}/pruned", tasks),
-                    ]
-                    ahead.append(f"no tune: {gap_text(our_mean, peer_mean, errors)}")
-                if our_ppl is not None and peer_ppl is not None:
-                    ahead.append(f"ppl: {'yes' if our_ppl < peer_ppl else 'NO'}")
-                if our_tuned is not None and peer_tuned is not None:
-                    errors = [
-                        mean_stderr(our_cells, prefix + "/task/{task}", tasks),
-                        mean_stderr(peer_cells, key + "/task/{task}", tasks),
-                    ]
-                    ahead.append(f"tuned: {gap_text(our_tuned, peer_tuned, errors)}")
+                ahead = ahead_of_peer(
+                    (our_cells, prefix, our_mean, our_ppl, our_tuned),
+                    (peer_cells, key, peer_mean, peer_ppl, peer_tuned),
+                    tasks,
+                    ("no tune", "tuned"),
+                )
                 if ahead:
                     judged.append(f"{short}: {'; '.join(ahead)}" if len(figures) > 1 else "; ".join(ahead))
             lines.append(
@@ -406,6 +397,26 @@ def peer_section(ours: dict[str, Any] | None, peer: dict[str, Any] | None) -> li
         "Per task and settings: `benchmarks/results/torch_pruning.md`.",
         "",
     ]
+
+
+def ahead_of_peer(ours: tuple, peer: tuple, tasks: list[str], names: tuple[str, str]) -> list[str]:
+    """`["<names[0]>: yes (+1.2)", "ppl: yes", "<names[1]>: NO (-0.4, within sampling error)"]` for the figures both
+    sides have. `ours` / `peer`: `(cells, prefix, mean, ppl, tuned mean)`, the cells holding `{prefix}/pruned` and
+    `{prefix}/task/<task>`."""
+    (our_cells, prefix, our_mean, our_ppl, our_tuned), (peer_cells, key, peer_mean, peer_ppl, peer_tuned) = ours, peer
+    ahead = []
+    if our_mean is not None and peer_mean is not None:
+        errors = [mean_stderr(our_cells, f"{prefix}/pruned", tasks), mean_stderr(peer_cells, f"{key}/pruned", tasks)]
+        ahead.append(f"{names[0]}: {gap_text(our_mean, peer_mean, errors)}")
+    if our_ppl is not None and peer_ppl is not None:
+        ahead.append(f"ppl: {'yes' if our_ppl < peer_ppl else 'NO'}")
+    if our_tuned is not None and peer_tuned is not None:
+        errors = [
+            mean_stderr(our_cells, prefix + "/task/{task}", tasks),
+            mean_stderr(peer_cells, key + "/task/{task}", tasks),
+        ]
+        ahead.append(f"{names[1]}: {gap_text(our_tuned, peer_tuned, errors)}")
+    return ahead
 
 
 def c4_budget_lines(ours: dict[str, Any], peer: dict[str, Any]) -> list[str]:
@@ -431,21 +442,12 @@ def c4_budget_lines(ours: dict[str, Any], peer: dict[str, Any]) -> list[str]:
             our_mean = mean(task_scores(our_cells, f"{prefix}/pruned", tasks))
             our_ppl = our_cells.get(f"{prefix}/pruned", {}).get("wikitext2_ppl")
             our_tuned = mean(per_task_tuned(our_cells, prefix, tasks))
-            ahead = []
-            if our_mean is not None and peer_mean is not None:
-                errors = [
-                    mean_stderr(our_cells, f"{prefix}/pruned", tasks),
-                    mean_stderr(peer_cells, f"{key}/pruned", tasks),
-                ]
-                ahead.append(f"C4 LoRA: {gap_text(our_mean, peer_mean, errors)}")
-            if our_ppl is not None and peer_ppl is not None:
-                ahead.append(f"ppl: {'yes' if our_ppl < peer_ppl else 'NO'}")
-            if our_tuned is not None and peer_tuned is not None:
-                errors = [
-                    mean_stderr(our_cells, prefix + "/task/{task}", tasks),
-                    mean_stderr(peer_cells, key + "/task/{task}", tasks),
-                ]
-                ahead.append(f"+ task LoRA: {gap_text(our_tuned, peer_tuned, errors)}")
+            ahead = ahead_of_peer(
+                (our_cells, prefix, our_mean, our_ppl, our_tuned),
+                (peer_cells, key, peer_mean, peer_ppl, peer_tuned),
+                tasks,
+                ("C4 LoRA", "+ task LoRA"),
+            )
             label = EXTRA_LABELS.get(name, name)
             rows.append(
                 f"| {tag} | tailored_hf, {label} | {pct(our_mean)} | {ppl_text(our_ppl)} | {pct(our_tuned)} | "
