@@ -242,14 +242,17 @@ class RuntimeMasks:
 
         When gradients flow, `_MaskedRMSNorm` keeps only the norm's input and one variance per token (as the stock
         norm does) and differentiates analytically: this hook runs at every RMSNorm of the model on every training
-        step of a soft hidden-dim mask, so neither stored intermediates nor a recomputation are affordable."""
+        step of a soft hidden-dim mask, so neither stored intermediates nor a recomputation are affordable. The
+        result is written into the storage of the stock output (discarded otherwise), so the masked forward makes the
+        stock forward's large allocations in the stock order: an extra live buffer per norm fragments glibc's heap."""
         if self.hidden is None:
             return None
         x, mask, eps = args[0], self.hidden.to(device=args[0].device), _norm_eps(module)
         tensors = (x, module.weight, mask)
+        buffer = output.detach() if _is_fresh_like(output, x) else None
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            return _MaskedRMSNorm.apply(*tensors, eps)
-        return masked_rms_norm(*tensors, eps)
+            return _MaskedRMSNorm.apply(*tensors, eps, buffer)
+        return _masked_rms_norm(*tensors, eps, buffer)[0]
 
     def _layer_hook(self, index: int) -> Callable:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
@@ -272,7 +275,7 @@ class _GatedProductMask(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, mask, act, up):  # noqa: D102
         ctx.save_for_backward(mask, act, up)
-        return x * mask
+        return _scaled_in_place(ctx, x, mask)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
@@ -290,7 +293,7 @@ class _SupportedChannelMask(torch.autograd.Function):
     def forward(ctx, x, mask, support):  # noqa: D102
         kept = x.index_select(-1, support) if ctx.needs_input_grad[1] else None
         ctx.save_for_backward(kept, mask, support)
-        return x * mask
+        return _scaled_in_place(ctx, x, mask)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
@@ -301,6 +304,18 @@ class _SupportedChannelMask(torch.autograd.Function):
             per_channel = (grad.index_select(-1, support) * kept).sum(dim=tuple(range(grad.dim() - 1)))
             grad_mask = torch.zeros_like(mask).index_copy_(0, support, per_channel.to(mask.dtype))
         return grad_x, grad_mask, None
+
+
+def _scaled_in_place(ctx, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`x * mask`, written over `x` when `x` is a fresh intermediate (neither a leaf that requires grad nor a view):
+    the masked module output then takes the storage of the unmasked one. Besides saving a `[tokens, width]` buffer,
+    this keeps the allocation order of the stock forward, which is what keeps glibc's heap from fragmenting (an extra
+    live temporary per layer leaves a hole below every activation allocated after it). Backward never needs the
+    unmasked `x` here; a module that saved its own output would make autograd raise, not compute a wrong gradient."""
+    if x._base is not None or (x.requires_grad and x.grad_fn is None) or not x.is_floating_point():
+        return x * mask
+    ctx.mark_dirty(x)
+    return x.mul_(mask)
 
 
 def _is_product_of(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -319,18 +334,34 @@ def masked_rms_norm(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, e
 
 
 def _masked_rms_norm(
-    x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, eps: float
+    x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, eps: float, out: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`masked_rms_norm` and the per-token variance it normalised with (in fp32, or fp64 for fp64 inputs)."""
+    """`masked_rms_norm` and the per-token variance it normalised with (in fp32, or fp64 for fp64 inputs); written
+    into `out` (a buffer shaped and typed like `x`, not recorded by autograd) when given."""
     compute = torch.promote_types(x.dtype, torch.float32)
     maskf = mask.to(compute)
     xf = x.to(compute)
     variance = (xf.square() @ maskf).unsqueeze(-1) / maskf.sum().clamp_min(1.0)
-    normed = (xf * torch.rsqrt(variance + eps)).to(x.dtype)
     scale = weight * mask.to(x.dtype)
+    if out is not None:
+        return torch.mul(xf, torch.rsqrt(variance + eps), out=out).mul_(scale), variance
+    normed = (xf * torch.rsqrt(variance + eps)).to(x.dtype)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, mask)):
         return normed * scale, variance
     return normed.mul_(scale), variance  # in place: one [tokens, hidden] temporary fewer
+
+
+def _is_fresh_like(output: Any, x: torch.Tensor) -> bool:
+    """Whether `output` is a standalone tensor shaped and typed like `x` that does not share `x`'s storage."""
+    return (
+        torch.is_tensor(output)
+        and output._base is None
+        and output.is_contiguous()
+        and output.shape == x.shape
+        and output.dtype == x.dtype
+        and output.device == x.device
+        and output.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+    )
 
 
 class _MaskedRMSNorm(torch.autograd.Function):
@@ -342,8 +373,10 @@ class _MaskedRMSNorm(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, mask, eps):  # noqa: D102
-        out, variance = _masked_rms_norm(x, weight, mask, eps)
+    def forward(ctx, x, weight, mask, eps, out=None):  # noqa: D102
+        if out is not None:
+            ctx.mark_dirty(out)
+        out, variance = _masked_rms_norm(x, weight, mask, eps, out)
         ctx.save_for_backward(x, weight, mask, variance)
         ctx.eps = eps
         return out
@@ -372,7 +405,7 @@ class _MaskedRMSNorm(torch.autograd.Function):
             per_channel = per_channel + (grad_variance * xf.pow(2)).reshape(-1, width).sum(0) / total
             through_sum = -(grad_variance * variance).sum() / total * (raw_sum >= 1.0).to(compute)
             grad_mask = (per_channel + through_sum).to(mask.dtype)
-        return grad_x, grad_weight, grad_mask, None
+        return grad_x, grad_weight, grad_mask, None, None
 
 
 def _norm_eps(module: nn.Module) -> float:

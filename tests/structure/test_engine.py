@@ -464,3 +464,54 @@ def test_hidden_mask_grad_support_keeps_only_those_channels():
     assert not gm.any()
     full = torch.arange(8)
     assert torch.autograd.gradcheck(lambda a, m: _SupportedChannelMask.apply(a, m, full), (x, mask))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_masked_rms_norm_writes_into_the_discarded_stock_output(dtype):
+    """Given the stock norm's output as a buffer, the masked norm is written into its storage: the same values and
+    gradients as without one (no extra `[tokens, hidden]` allocation, the stock allocation order kept)."""
+    from tailored_hf.structure.masks import _MaskedRMSNorm
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 6, generator=generator).to(dtype).requires_grad_()
+    weight = (1.0 + 0.1 * torch.randn(6, generator=generator)).to(dtype).requires_grad_()
+    mask = torch.rand(6, generator=generator, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    mask.requires_grad_()
+    stock = torch.empty_like(x, requires_grad=False)
+    out = _MaskedRMSNorm.apply(x, weight, mask, 1e-6, stock)
+    assert out.untyped_storage().data_ptr() == stock.untyped_storage().data_ptr()
+    reference = _MaskedRMSNorm.apply(x, weight, mask, 1e-6)
+    torch.testing.assert_close(out, reference, atol=0, rtol=0)
+    grad = torch.randn(out.shape, generator=generator).to(dtype)
+    ours = torch.autograd.grad(out, (x, weight, mask), grad)
+    theirs = torch.autograd.grad(reference, (x, weight, mask), grad)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_mask_products_overwrite_fresh_intermediates_only():
+    """`_SupportedChannelMask` and `_GatedProductMask` mask a fresh intermediate in place (exact gradients) and
+    leave a leaf input untouched (out of place)."""
+    from tailored_hf.structure.masks import _GatedProductMask, _SupportedChannelMask
+
+    generator = torch.Generator().manual_seed(0)
+    act = torch.randn(2, 3, 8, generator=generator, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(2, 3, 8, generator=generator, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(8, generator=generator, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 3, 8, generator=generator, dtype=torch.float64)
+    reference = torch.autograd.grad(act * up * mask, (act, up, mask), grad)
+    for apply in (
+        lambda x: _GatedProductMask.apply(x, mask, act.detach(), up.detach()),
+        lambda x: _SupportedChannelMask.apply(x, mask, torch.arange(8)),
+    ):
+        product = act * up
+        storage = product.untyped_storage().data_ptr()
+        out = apply(product)
+        assert out.untyped_storage().data_ptr() == storage
+        for a, b in zip(torch.autograd.grad(out, (act, up, mask), grad), reference):
+            torch.testing.assert_close(a, b)
+    leaf = (act * up).detach().requires_grad_()
+    before = leaf.detach().clone()
+    out = _SupportedChannelMask.apply(leaf, mask, torch.arange(8))
+    assert out.untyped_storage().data_ptr() != leaf.untyped_storage().data_ptr()
+    torch.testing.assert_close(leaf.detach(), before, atol=0, rtol=0)
