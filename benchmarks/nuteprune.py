@@ -63,7 +63,16 @@ VARIANTS = ("none", "kd", "progressive", "depgraph")
 VARIANT_LABELS = {"none": "L0, no KD", "kd": "L0 + KD", "progressive": "L0 + progressive KD", "depgraph": "depgraph"}
 #: The settings each report section depends on: a section skipped in a run is carried over from the previous report
 #: with the settings it was measured at.
-COST_SETTINGS = ("targets", "batch_size", "seq_len", "cost_steps", "lora_r", "lora_alpha", "lora_targets")
+COST_SETTINGS = (
+    "targets",
+    "batch_size",
+    "seq_len",
+    "cost_steps",
+    "cost_repeats",
+    "lora_r",
+    "lora_alpha",
+    "lora_targets",
+)
 QUALITY_SETTINGS = (
     "targets", "variants", "steps", "batch_size", "seq_len", "learning_rate", "lora_r", "lora_alpha", "lora_targets",
     "eval_limit", "tasks", "ppl_windows", "seed",
@@ -99,6 +108,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks", default="boolq,piqa,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa")
     parser.add_argument("--ppl-windows", type=int, default=128, help="WikiText-2 windows of 128 tokens (0 = all)")
     parser.add_argument("--cost-steps", type=int, default=5, help="timed steps per step kind (after one warm-up)")
+    parser.add_argument(
+        "--cost-repeats",
+        type=int,
+        default=3,
+        help="processes per step kind; the median peak is reported (glibc's heap fragmentation varies run to run)",
+    )
     parser.add_argument("--skip-cost", action="store_true", help="skip the memory / step-time measurement")
     parser.add_argument("--skip-quality", action="store_true", help="skip the pruning + evaluation runs")
     parser.add_argument(
@@ -293,17 +308,29 @@ def run_step_subprocess(kind: str, argv: list[str], env: dict[str, str]) -> dict
     return json.loads(lines[-1])
 
 
-def allocator_view(argv: list[str], env: dict[str, str]) -> dict[str, dict[str, float]]:
-    """Peak RSS and step time of the LoRA and NutePrune steps again, with `env` added (an allocator setting)."""
-    views = {kind: run_step_subprocess(kind, argv, {**os.environ, **env}) for kind in ("lora", "nuteprune")}
+def run_step_repeated(kind: str, argv: list[str], env: dict[str, str], repeats: int) -> dict[str, Any]:
+    """`repeats` processes of one step kind: the run with the median peak memory, plus every run's peak and step
+    time (`*_runs`). One process can hit a heap-fragmentation event another does not; the median is not luck."""
+    runs = [run_step_subprocess(kind, argv, env) for _ in range(max(1, repeats))]
+    memory = "peak_cuda_mb" if "peak_cuda_mb" in runs[0] else "peak_rss_mb"
+    median = sorted(runs, key=lambda r: r[memory])[(len(runs) - 1) // 2]
     return {
-        kind: {"peak_rss_mb": r["peak_rss_mb"], "mean_step_seconds": r["mean_step_seconds"]}
-        for kind, r in views.items()
+        **median,
+        f"{memory}_runs": [r[memory] for r in runs],
+        "mean_step_seconds_runs": [r["mean_step_seconds"] for r in runs],
+    }
+
+
+def allocator_view(argv: list[str], env: dict[str, str], repeats: int) -> dict[str, dict[str, float]]:
+    """Peak RSS and step time of the LoRA and NutePrune steps again, with `env` added (an allocator setting)."""
+    views = {kind: run_step_repeated(kind, argv, {**os.environ, **env}, repeats) for kind in ("lora", "nuteprune")}
+    return {
+        kind: {k: r[k] for k in ("peak_rss_mb", "peak_rss_mb_runs", "mean_step_seconds")} for kind, r in views.items()
     }
 
 
 def measure_costs(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
-    results = {kind: run_step_subprocess(kind, argv, os.environ.copy()) for kind in STEP_KINDS}
+    results = {kind: run_step_repeated(kind, argv, os.environ.copy(), args.cost_repeats) for kind in STEP_KINDS}
     lora, nute, naive = results["lora"], results["nuteprune"], results["naive_kd"]
     if "peak_cuda_mb" in lora:
         # On a GPU the figure is the peak of CUDA memory allocated: exact live tensors, no allocator view to add.
@@ -320,11 +347,14 @@ def measure_costs(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             "snapshot_mb_full_run": nute["snapshot_mb_full_run"],
         }
         return results
-    live = allocator_view(argv, {"MALLOC_MMAP_THRESHOLD_": str(LIVE_MMAP_THRESHOLD)})
+    live = allocator_view(argv, {"MALLOC_MMAP_THRESHOLD_": str(LIVE_MMAP_THRESHOLD)}, args.cost_repeats)
     results["live_memory"] = {"mmap_threshold_bytes": LIVE_MMAP_THRESHOLD, **live}
     jemalloc = next((path for path in JEMALLOC_PATHS if Path(path).is_file()), None)
     if jemalloc is not None:
-        results["jemalloc"] = {"library": jemalloc, **allocator_view(argv, {"LD_PRELOAD": jemalloc})}
+        results["jemalloc"] = {
+            "library": jemalloc,
+            **allocator_view(argv, {"LD_PRELOAD": jemalloc}, args.cost_repeats),
+        }
     results["summary"] = {
         "rss_ratio_nuteprune_vs_lora": nute["peak_rss_mb"] / lora["peak_rss_mb"],
         "rss_ratio_naive_kd_vs_lora": naive["peak_rss_mb"] / lora["peak_rss_mb"],
@@ -434,7 +464,13 @@ def render(report: dict[str, Any]) -> str:
             "",
             f"One training step of {cfg['batch_size']} C4 windows of {cfg['seq_len']} tokens, LoRA r={cfg['lora_r']} on "
             f"{cfg['lora_targets']}; NutePrune: progressive KD with the layer-wise term, target "
-            f"{float(cfg['targets'].split(',')[0]):.0%}; mean of {cfg['cost_steps']} timed steps after a warm-up.",
+            f"{float(cfg['targets'].split(',')[0]):.0%}; mean of {cfg['cost_steps']} timed steps after a warm-up."
+            + (
+                f" {cfg['cost_repeats']} processes per step kind: the run with the median peak is shown, every run's "
+                "peak in brackets (glibc's heap fragmentation differs from process to process)."
+                if cfg.get("cost_repeats", 1) > 1
+                else ""
+            ),
             "",
         ]
         on_gpu = "cuda_ratio_two_model_nuteprune_vs_lora" in s
@@ -442,8 +478,10 @@ def render(report: dict[str, Any]) -> str:
         lines += [f"| step | {label} (MB) | vs LoRA | mean step (s) | vs LoRA |", "|---|---|---|---|---|"]
         for kind in STEP_KINDS:
             r = costs[kind]
+            runs = r.get(f"{memory}_runs", [])
+            spread = f" [{', '.join(f'{v:.0f}' for v in runs)}]" if len(runs) > 1 else ""
             lines.append(
-                f"| {kind} | {r[memory]:.0f} | {r[memory] / costs['lora'][memory]:.3f}x | "
+                f"| {kind} | {r[memory]:.0f}{spread} | {r[memory] / costs['lora'][memory]:.3f}x | "
                 f"{r['mean_step_seconds']:.3f} | {r['mean_step_seconds'] / costs['lora']['mean_step_seconds']:.2f}x |"
             )
         if on_gpu:

@@ -200,6 +200,17 @@ def nuteprune_memory_lines(nuteprune: dict[str, Any] | None, source: str = "nute
         else f" With a fixed glibc mmap threshold, where RSS follows live tensors and heap fragmentation does not "
         f"count: {live:.2f}x, {verdict(live, NUTEPRUNE_MEMORY_TARGET)} in that view."
     )
+    runs = {
+        kind: costs[kind].get(f"{'peak_cuda_mb' if prefix == 'cuda' else 'peak_rss_mb'}_runs")
+        for kind in ("lora", "nuteprune")
+    }
+    if runs.get("lora") and runs.get("nuteprune") and len(runs["lora"]) > 1:
+        live_text = (
+            f" Medians of {len(runs['lora'])} processes per step kind; peaks ranged {min(runs['lora']):.0f}-"
+            f"{max(runs['lora']):.0f} MB for LoRA and {min(runs['nuteprune']):.0f}-{max(runs['nuteprune']):.0f} MB "
+            f"for NutePrune (ratio {min(runs['nuteprune']) / max(runs['lora']):.2f}x-"
+            f"{max(runs['nuteprune']) / min(runs['lora']):.2f}x)." + live_text
+        )
     jemalloc = s.get("rss_ratio_nuteprune_vs_lora_jemalloc")
     if jemalloc is not None:
         live_text += (
