@@ -321,7 +321,7 @@ def run_step_repeated(kind: str, argv: list[str], env: dict[str, str], repeats: 
     }
 
 
-def allocator_view(argv: list[str], env: dict[str, str], repeats: int) -> dict[str, dict[str, float]]:
+def allocator_view(argv: list[str], env: dict[str, str], repeats: int) -> dict[str, dict[str, Any]]:
     """Peak RSS and step time of the LoRA and NutePrune steps again, with `env` added (an allocator setting)."""
     views = {kind: run_step_repeated(kind, argv, {**os.environ, **env}, repeats) for kind in ("lora", "nuteprune")}
     return {

@@ -342,10 +342,10 @@ def _masked_rms_norm(
     maskf = mask.to(compute)
     xf = x.to(compute)
     variance = (xf.square() @ maskf).unsqueeze(-1) / maskf.sum().clamp_min(1.0)
-    scale = weight * mask.to(x.dtype)
+    rstd, scale = torch.rsqrt(variance + eps), weight * mask.to(x.dtype)
     if out is not None:
-        return torch.mul(xf, torch.rsqrt(variance + eps), out=out).mul_(scale), variance
-    normed = (xf * torch.rsqrt(variance + eps)).to(x.dtype)
+        return torch.mul(xf, rstd, out=out).mul_(scale), variance
+    normed = (xf * rstd).to(x.dtype)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, mask)):
         return normed * scale, variance
     return normed.mul_(scale), variance  # in place: one [tokens, hidden] temporary fewer
