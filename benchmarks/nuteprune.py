@@ -117,6 +117,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-cost", action="store_true", help="skip the memory / step-time measurement")
     parser.add_argument("--skip-quality", action="store_true", help="skip the pruning + evaluation runs")
     parser.add_argument(
+        "--rerun",
+        default="",
+        help="comma-separated variants: rerun only these (after a change to them) and carry the dense baseline and "
+        "the other variants' runs over from the previous report, which must have the same quality settings",
+    )
+    parser.add_argument(
         "--report-only", action="store_true", help="re-render the Markdown from the JSON at --out; run nothing"
     )
     parser.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu' or 'cuda'")
@@ -581,9 +587,16 @@ def quality_lines(quality: dict[str, Any]) -> list[str]:
         "+- is the binomial standard error of the 7-task mean. `s_hat at end`: the masks' expected sparsity at the last "
         "logged step; the deterministic masks applied at the end are chosen to remove exactly the target (`removed`).",
         "",
-        "### What it shows",
-        "",
     ]
+    rerun = sorted({(VARIANT_LABELS[r["variant"]], r["rerun"]) for r in quality["runs"] if r.get("rerun")})
+    if rerun:
+        lines += [
+            "Rerun in a later process with the same settings (`--rerun`), the other rows carried over: "
+            + "; ".join(f"{label} on {day}" for label, day in rerun)
+            + ".",
+            "",
+        ]
+    lines += ["### What it shows", ""]
     lines += [f"- {line}" for line in quality_findings(quality, chance)]
     return lines + [""]
 
@@ -677,6 +690,30 @@ def quality_findings(quality: dict[str, Any], chance: float) -> list[str]:
     return findings
 
 
+def rerun_quality(previous: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The previous quality section with the runs of the `--rerun` variants measured again (same settings)."""
+    rerun = [v for v in args.rerun.split(",") if v]
+    unknown = sorted(set(rerun) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"--rerun: unknown variants {unknown}; choose from {VARIANTS}.")
+    quality = carried_section(previous, "quality", QUALITY_SETTINGS)
+    if quality is None:
+        raise SystemExit("--rerun: the previous report has no quality section to carry the other runs from.")
+    settings = vars(args)
+    differing = [k for k in QUALITY_SETTINGS if k != "variants" and quality["config"].get(k) != settings[k]]
+    if differing:
+        raise SystemExit(
+            "--rerun: the previous quality section was measured with other settings: "
+            + ", ".join(f"{k}={quality['config'].get(k)!r} (now {settings[k]!r})" for k in differing)
+        )
+    runs = []
+    for run in quality["runs"]:
+        if run["variant"] in rerun:
+            run = run_variant(run["variant"], run["target"], args) | {"rerun": time.strftime("%Y-%m-%d")}
+        runs.append(run)
+    return quality | {"runs": runs}
+
+
 def carried_section(previous: dict[str, Any], name: str, settings: tuple[str, ...]) -> dict[str, Any] | None:
     """Section `name` of a previous report, with the settings it was measured at (reports written before sections
     carried their own settings kept them at the top level)."""
@@ -723,6 +760,9 @@ def main(argv: list[str] | None = None) -> None:
             report["costs"] = measure_costs(args, argv) | {"config": {k: settings[k] for k in COST_SETTINGS}}
         if args.skip_quality:
             report["quality"] = carried_section(previous, "quality", QUALITY_SETTINGS)
+        elif args.rerun:
+            report["quality"] = rerun_quality(previous, args)
+            json_path.write_text(json.dumps(report | {"quality": report["quality"]}))
         else:
             model, tokenizer = load_model(args.model)
             dense = {

@@ -27,6 +27,7 @@ SCRIPT = Path(__file__).with_name("fsdp_script.py")
 WEIGHT_RTOL = 1e-4
 WEIGHT_ATOL = 1e-6
 
+
 @pytest.mark.distributed
 def test_pruned_model_trains_under_fsdp2_and_saves_gathered(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")

@@ -302,7 +302,9 @@ def test_layer_distillation_value_and_gradients():
     student[1][:, 2] = 0.0  # a pruned hidden dim
     teacher = [torch.randn(6, 5, generator=g, dtype=torch.float64) for _ in range(3)]
     leaves = [s.clone().requires_grad_() for s in student]
-    loss = layer_distillation(tuple(leaves), tuple(teacher), layer_gates=torch.tensor([1.0, 1.0, 0.0]))
+    loss = layer_distillation(
+        tuple(leaves), tuple(teacher), layer_gates=torch.tensor([1.0, 1.0, 0.0]), normalization="none"
+    )
     loss.backward()
     expected, reference = 0.0, [s.clone().requires_grad_() for s in student]
     for s, t in zip(reference[:2], teacher[:2]):
@@ -313,6 +315,32 @@ def test_layer_distillation_value_and_gradients():
     for leaf, ref in zip(leaves[:2], reference[:2]):
         torch.testing.assert_close(leaf.grad, ref.grad)
     assert leaves[2].grad is None
+
+
+def test_token_normalized_layer_distillation_is_scale_free_per_token():
+    """Default normalisation: mean over tokens of |s - t|^2 / |t|^2 on the student's non-zero entries, so a token with
+    massive activations weighs as much as any other and scaling a token (both models) leaves the loss unchanged."""
+    g = torch.Generator().manual_seed(1)
+    student = [torch.randn(6, 5, generator=g, dtype=torch.float64) for _ in range(2)]
+    student[0][:, 3] = 0.0  # a pruned hidden dim
+    teacher = [torch.randn(6, 5, generator=g, dtype=torch.float64) for _ in range(2)]
+    leaves = [s.clone().requires_grad_() for s in student]
+    loss = layer_distillation(tuple(leaves), tuple(teacher))
+    loss.backward()
+    expected, reference = 0.0, [s.clone().requires_grad_() for s in student]
+    for s, t in zip(reference, teacher):
+        keep = (s != 0).double()
+        expected = expected + (((s - t).pow(2) * keep).sum(-1) / (t.pow(2) * keep).sum(-1)).mean()
+    expected.backward()
+    torch.testing.assert_close(loss.double(), expected.detach().float().double())
+    for leaf, ref in zip(leaves, reference):
+        torch.testing.assert_close(leaf.grad, ref.grad, rtol=1e-5, atol=1e-6)
+    scale = torch.ones(6, 1, dtype=torch.float64)
+    scale[0] = 1e3  # an attention-sink token with massive activations
+    scaled = layer_distillation(tuple(s * scale for s in student), tuple(t * scale for t in teacher))
+    torch.testing.assert_close(scaled, loss.detach(), rtol=1e-5, atol=0.0)
+    with pytest.raises(ValueError, match="normalization"):
+        layer_distillation(tuple(student), tuple(teacher), normalization="layer")
 
 
 def test_logit_distillation_is_kl_teacher_to_student():
@@ -491,6 +519,7 @@ def test_nan_masks_stop_with_clear_message_and_keep_last_checkpoint(tmp_path):
         (dict(mask_learning_rate=-1.0), "mask_learning_rate must be a positive"),
         (dict(sparsity_warmup_ratio=1.0), "sparsity_warmup_ratio"),
         (dict(prune_heads=False, prune_ffn=False, prune_hidden=False), "Nothing to prune"),
+        (dict(distill_layer_normalization="layer"), "distill_layer_normalization must be one of"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, message):

@@ -430,7 +430,9 @@ class L0Pruner(PruningMethod):
             parts["kd_logit_loss"] = kd.detach()
             if teacher["layers"] is not None:
                 gates = self._sampled.layers if self._sampled is not None else None
-                layer = layer_distillation(tuple(student["layers"]), teacher["layers"], gates)
+                layer = layer_distillation(
+                    tuple(student["layers"]), teacher["layers"], gates, cfg.distill_layer_normalization
+                )
                 extra = extra + cfg.distill_layer_weight * layer
                 parts["kd_layer_loss"] = layer.detach()
         weight = cfg.resolved_task_loss_weight
