@@ -267,6 +267,36 @@ def test_snapshot_swap_leaves_student_bit_for_bit_and_runs_the_teacher(tmp_path)
     assert not torch.allclose(teacher_logits, model.eval()(input_ids=ids).logits.flatten(0, 1)[rows], atol=1e-3)
 
 
+def test_zero_weight_task_loss_builds_no_lm_head_graph(monkeypatch):
+    """With distillation replacing the task loss (weight 0), the student's own LM head runs on a detached input: same
+    loss and gradients as back-propagating the cancelled task loss, but no `[tokens, vocab]` graph is kept."""
+
+    def step(detach_head: bool):
+        if not detach_head:
+            monkeypatch.setattr(L0Pruner, "_detach_head_input", lambda self, module, args: None)
+        torch.manual_seed(0)
+        model = lora(make_tiny_model("llama", num_hidden_layers=3))
+        method = build_method(L0Config(target_sparsity=0.3, distillation="kd"))
+        method.on_init_end(model, args=None)
+        method.on_train_begin(model, state=None, args=None)
+        model.train()
+        ids = input_batch()
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in trainable_parameters(model).items()}
+        grads |= {f"mask.{n}": a.grad.clone() for n, a in method.masks.named_log_alphas().items()}
+        monkeypatch.undo()
+        return out, grads
+
+    ours, our_grads = step(detach_head=True)
+    reference, reference_grads = step(detach_head=False)
+    assert not ours.logits.requires_grad and reference.logits.requires_grad
+    torch.testing.assert_close(ours.loss, reference.loss)
+    assert our_grads.keys() == reference_grads.keys()
+    for name, grad in our_grads.items():
+        torch.testing.assert_close(grad, reference_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_swapped_parameters_restores_on_error():
     p = {"a": torch.nn.Parameter(torch.arange(4.0))}
     with pytest.raises(RuntimeError, match="boom"), swapped_parameters(p, {"a": torch.zeros(4)}):

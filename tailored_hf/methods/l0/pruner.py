@@ -14,6 +14,10 @@ Where things live and how they reach the optimizer:
   swapped into the same model, the student's weights restored bit for bit before the student forward starts; hooks
   capture the student's layer outputs and final hidden states, and the logit KL is computed in token chunks from
   those and the LM head weight (no whole `[tokens, vocab]` logits for the teacher or the distillation);
+* when the distillation replaces the task loss (`task_loss_weight` 0, the paper's choice), the model's own LM head
+  runs on a detached input: its logits and loss are still computed (the Trainer expects a loss) but keep no graph,
+  so the `[tokens, vocab]` log-softmax is not held for backward and the head's backward is not run for a gradient
+  that is exactly zero;
 * `on_train_end` chooses deterministic masks that hit the target, builds a `PruningPlan` and calls `apply_plan`.
 """
 
@@ -105,6 +109,7 @@ class L0Pruner(PruningMethod):
         self._teacher_index = 0
         self._teacher_out: dict[str, Any] | None = None
         self._capture: dict[str, Any] | None = None
+        self._head_input_pending = False  # the student forward has started and has not reached the LM head yet
         self._sampled: MaskValues | None = None
         self._deterministic: MaskValues | None = None
         # Detached loss terms of the last training forward, read as floats only when metrics refresh (no device
@@ -175,6 +180,8 @@ class L0Pruner(PruningMethod):
             for layer in A.decoder_layers(lm):
                 self._handles.append(layer.register_forward_hook(self._capture_layer))
             self._handles.append(A.final_norm(lm).register_forward_hook(self._capture_final))
+            if cfg.resolved_task_loss_weight == 0.0:
+                self._handles.append(A.lm_head(lm).register_forward_pre_hook(self._detach_head_input))
         with torch.no_grad():
             s_hat = float(self.masks.expected_sparsity())
         self.metrics.update(
@@ -323,6 +330,7 @@ class L0Pruner(PruningMethod):
             self.runtime.clear()
         self._teacher_out = None
         self._capture = None
+        self._head_input_pending = False
 
     # ------------------------------------------------------------------ forwards
     def _provide(self, runtime: RuntimeMasks) -> None:
@@ -401,7 +409,16 @@ class L0Pruner(PruningMethod):
             "layers": [],
             "final": None,
         }
+        self._head_input_pending = True
         return None
+
+    def _detach_head_input(self, module: nn.Module, args: tuple) -> tuple | None:
+        """The student forward's call of the LM head: on the detached final hidden state (the task loss has weight 0).
+        Only that call: the logit distillation may call a wrapped head again, with gradients."""
+        if not self._head_input_pending:
+            return None
+        self._head_input_pending = False
+        return (args[0].detach(), *args[1:])
 
     def _capture_layer(self, module: nn.Module, args: tuple, output: Any) -> None:
         if self._capture is not None and self.wants_hidden_states:
@@ -413,6 +430,7 @@ class L0Pruner(PruningMethod):
             self._capture["final"] = _select(output, self._capture["selection"])
 
     def _loss_term(self, module: nn.Module, kwargs: dict, output: Any) -> torch.Tensor | None:
+        self._head_input_pending = False
         if not self._active:
             return None
         cfg = self.config
