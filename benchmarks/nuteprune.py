@@ -602,11 +602,13 @@ def quality_lines(quality: dict[str, Any]) -> list[str]:
 
 
 def ordering(runs: list[dict[str, Any]], key) -> str:
-    """Variant labels from worst to best by `key`, ties joined with '='."""
+    """Variant labels from worst to best by `key`, ties joined with '=' (equal up to float rounding: a mean of the same
+    per-task scores summed in another order is a tie)."""
     ranked = sorted(runs, key=key)
     text = VARIANT_LABELS[ranked[0]["variant"]]
     for previous, run in zip(ranked, ranked[1:]):
-        text += (" = " if key(run) == key(previous) else " < ") + VARIANT_LABELS[run["variant"]]
+        tie = math.isclose(key(run), key(previous), rel_tol=1e-9, abs_tol=1e-12)
+        text += (" = " if tie else " < ") + VARIANT_LABELS[run["variant"]]
     return text
 
 
