@@ -512,7 +512,14 @@ def render(report: dict[str, Any]) -> str:
             f"step with a resident teacher copy ({costs['naive_kd'].get('teacher_copy_mb', 0):.0f} MB): "
             f"{s['rss_ratio_two_model_nuteprune_vs_lora']:.3f}x. The `naive_kd` row is plain LoRA plus that copy's "
             f"no-grad forward, no masks or KD loss ({s['rss_ratio_naive_kd_vs_lora']:.3f}x): what the copy alone "
-            "costs. Snapshots held by NutePrune at the end of the "
+            "costs"
+            + (
+                " (here below LoRA's own peak: glibc's heap fragmentation differs between processes by more than the "
+                "copy's weights)"
+                if s["rss_ratio_naive_kd_vs_lora"] < 1.0
+                else ""
+            )
+            + ". Snapshots held by NutePrune at the end of the "
             f"measured steps: {costs['nuteprune'].get('snapshot_mb', 0):.1f} MB; a full run to the target holds "
             f"{costs['nuteprune'].get('snapshot_mb_full_run', 0):.0f} MB of CPU snapshots "
             f"({costs['nuteprune'].get('snapshot_mb_each', 0):.1f} MB each, one per snapshot_interval plus the intact "
