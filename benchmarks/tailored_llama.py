@@ -57,10 +57,13 @@ NEAR_CHANCE = 0.02
 #: budget) co-trained with their own LoRA on C4 at `NUTEPRUNE_ARGS`, merged and physically pruned: its "no tune" row
 #: already includes that generic recovery; the task adapters then train on top, as on every other row. "c4": the
 #: paper's pass followed by a LoRA of the same C4 budget and settings, merged (no masks): the control that tells the L0
-#: masks' gain from that of the training they come with.
+#: masks' gain from that of the training they come with. "iterative": global ranking in 5 rounds that score the partly
+#: pruned model again (LLM-Pruner's iterative pruning), the best 50% perplexity of `depgraph_configs.py`'s sweep without
+#: hidden channels (chosen on perplexity only, before any task was scored).
 EXTRA_CONFIGS: dict[str, dict[str, Any]] = {
     "c4": {"generic_lora": "c4"},
     "hidden": {"prune_hidden": True},
+    "iterative": {"global_ranking": True, "iterative_steps": 5},
     "l0": {"method": "nuteprune", "distillation": "none"},
 }
 #: The configurations whose "no tune" row already carries the C4 LoRA budget of `NUTEPRUNE_ARGS`: compared with a
@@ -69,6 +72,7 @@ C4_BUDGET_CONFIGS = ("c4", "l0")
 EXTRA_LABELS = {
     "c4": "our pass + the L0 row's C4 LoRA, merged",
     "hidden": "hidden channels pruned too",
+    "iterative": "global ranking, 5 iterative rounds",
     "l0": "NutePrune L0 masks, no KD, their C4 LoRA merged",
 }
 #: `benchmarks/nuteprune.py`'s committed CPU-scale quality setting (64,000 C4 tokens in 500 steps).

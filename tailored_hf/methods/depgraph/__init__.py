@@ -13,11 +13,13 @@ Pieces: `DependencyGraph` (the traced coupling), importance criteria (`TaylorImp
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import torch
 from torch import nn
 
-from ...structure import PruningPlan, apply_plan
+from ... import arch as A
+from ...structure import ModelGeometry, PruningPlan, apply_plan, compose_plans
 from .config import DepGraphConfig
 from .dependency import DependencyGraph, Group, GroupFamily, GroupMember, MemberSpec
 from .importance import (
@@ -77,9 +79,42 @@ def prune(
             )
         calibration = calibration_for(config, tokenizer)
         source = str(config.calibration_source)
-    plan = pruner.compute_plan(model, calibration, calibration_source=source)
-    apply_plan(model, plan)
-    return model, plan
+    if config.iterative_steps == 1:
+        plan = pruner.compute_plan(model, calibration, calibration_source=source)
+        apply_plan(model, plan)
+        return model, plan
+    return model, _prune_iteratively(model, config, calibration, source, progress)
+
+
+def _prune_iteratively(
+    model: nn.Module, config: DepGraphConfig, calibration: torch.Tensor | None, source: str | None, progress: bool
+) -> PruningPlan:
+    """`config.iterative_steps` rounds of score -> plan -> apply on the shrinking model; the composed plan (relative
+    to the model as given) is returned, with the whole run's target and achieved sparsity in its metadata."""
+    lm = A.unwrap_model(model)
+    dense = ModelGeometry.from_config(lm.config).num_parameters()
+    steps, plan = config.iterative_steps, None
+    for step in range(1, steps + 1):
+        current = ModelGeometry.from_config(lm.config).num_parameters()
+        remaining = dense * (1.0 - config.target_sparsity * step / steps)
+        step_sparsity = 1.0 - remaining / current
+        if step_sparsity <= 0.0:  # an earlier round overshot (coarse units): nothing to remove this round
+            continue
+        step_plan = DepGraphPruner(
+            replace(config, target_sparsity=step_sparsity, iterative_steps=1), progress
+        ).compute_plan(model, calibration, calibration_source=source)
+        apply_plan(model, step_plan)
+        plan = step_plan if plan is None else compose_plans(plan, step_plan)
+    parameters = plan.num_parameters()
+    plan.metadata.update(
+        {
+            "target_sparsity": config.target_sparsity,
+            "achieved_sparsity": parameters["sparsity"],
+            "parameters": parameters,
+            "iterative_steps": steps,
+        }
+    )
+    return plan
 
 
 from .method import DepGraphMethod  # noqa: E402  (registers "depgraph")

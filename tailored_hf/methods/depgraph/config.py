@@ -81,6 +81,13 @@ class DepGraphConfig(MethodConfig):
             "round(n*4/32) .. round(n*30/32), LLM-Pruner's 4..30 of 32 scaled to the model's depth."
         },
     )
+    iterative_steps: int = field(
+        default=1,
+        metadata={
+            "help": "Prune in this many rounds (LLM-Pruner's --iterative_steps), scoring the partly pruned model "
+            "again before each: round k brings the removed share of the original parameters to k/n of the target."
+        },
+    )
     round_to: int = field(
         default=1, metadata={"help": "Kept FFN (and hidden) channel counts are multiples of this (e.g. 8 or 64)."}
     )
@@ -102,7 +109,13 @@ class DepGraphConfig(MethodConfig):
             raise ValueError(f"importance must be one of {IMPORTANCES}, got {self.importance!r}.")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}.")
-        for name in ("num_calibration_samples", "calibration_batch_size", "round_to", "head_round_to"):
+        for name in (
+            "num_calibration_samples",
+            "calibration_batch_size",
+            "iterative_steps",
+            "round_to",
+            "head_round_to",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
