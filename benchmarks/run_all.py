@@ -357,10 +357,12 @@ def peer_section(ours: dict[str, Any] | None, peer: dict[str, Any] | None) -> li
     peer_cells = {k: v["value"] for k, v in peer["cells"].items()}
     lines += [
         "Target: ours ahead of the peer (higher 7-task mean, lower perplexity) at each ratio, before and after tuning. "
-        "Ours in two configurations of the dependency-group pass: the paper's (query heads, KV groups and FFN "
-        "channels; hidden size kept) and with hidden channels pruned too (`prune_hidden=True`, as Torch-Pruning's LLM "
-        "example does). The second was added after the first lost on 50% perplexity, chosen from a perplexity-only "
-        "sweep of four configurations (`benchmarks/results/depgraph_configs.md`); both are judged on every figure.",
+        "Ours in three configurations of the dependency-group pass: the paper's (query heads, KV groups and FFN "
+        "channels; hidden size kept), with hidden channels pruned too (`prune_hidden=True`, as Torch-Pruning's LLM "
+        "example does) and global ranking in 5 iterative rounds (`global_ranking=True, iterative_steps=5`, scoring the "
+        "partly pruned model again each round, LLM-Pruner's iterative mode). The second and third were added after the "
+        "first lost on 50% perplexity, each chosen from a perplexity-only sweep (`benchmarks/results/"
+        "depgraph_configs.md`, four configurations and then three iterative ones); all are judged on every figure.",
         "",
         "| ratio | model | 7-task mean, no tune | WikiText-2 ppl | 7-task mean, + task LoRA (K=50) | ours ahead? |",
         "|---|---|---|---|---|---|",
