@@ -771,7 +771,6 @@ def main(argv: list[str] | None = None) -> None:
             report["quality"] = carried_section(previous, "quality", QUALITY_SETTINGS)
         elif args.rerun:
             report["quality"] = rerun_quality(previous, args)
-            json_path.write_text(json.dumps(report | {"quality": report["quality"]}))
         else:
             model, tokenizer = load_model(args.model)
             dense = {
