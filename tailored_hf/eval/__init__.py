@@ -1,6 +1,13 @@
 """Evaluation: lm-eval-exact multiple-choice scoring, lm-eval bridge, perplexity, generation metrics, reports."""
 
-from .aggregate import mean_accuracy, recovery_rate, relative_performance, task_score
+from .aggregate import (
+    PairedDifference,
+    mean_accuracy,
+    paired_mean_difference,
+    recovery_rate,
+    relative_performance,
+    task_score,
+)
 from .domain import evaluate_domain_task
 from .evaluate import PRIMARY_METRIC, evaluate_tasks
 from .generation import (
@@ -43,6 +50,8 @@ __all__ = [
     "generate_predictions",
     "macro_f1",
     "mean_accuracy",
+    "PairedDifference",
+    "paired_mean_difference",
     "recovery_rate",
     "relative_performance",
     "rouge_scores",

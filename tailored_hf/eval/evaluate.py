@@ -26,6 +26,8 @@ PRIMARY_METRIC: dict[str, str] = {
     "openbookqa": "acc_norm",
 }
 DEFAULT_PRIMARY_METRIC = "acc"
+#: Per-item attribute of [`MultipleChoiceItemResult`] that each primary metric averages.
+ITEM_CORRECTNESS = {"acc": "correct", "acc_norm": "correct_norm"}
 
 
 def evaluate_tasks(
@@ -39,6 +41,7 @@ def evaluate_tasks(
     batch_size: int = 32,
     packed: bool = True,
     max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
+    keep_item_scores: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """
     Zero-shot multiple-choice evaluation through `tailored_hf.data` (loader + scoring mapper) and
@@ -55,10 +58,12 @@ def evaluate_tasks(
         batch_size (`int`): Sequences per forward pass.
         packed (`bool`): Share each item's context across its choices (faster; equal up to float noise).
         max_batch_tokens (`int`, *optional*): With `packed`, cap on padded tokens per forward (`None`: no cap).
+        keep_item_scores (`bool`): Also return `"item_scores"`, the primary metric of every item (1.0 or 0.0, in
+            dataset order), for paired comparisons of two models on the same items ([`paired_mean_difference`]).
 
     Returns:
         `dict[str, dict]`: task -> `{"acc", "acc_norm", "acc_stderr", "acc_norm_stderr", "primary", "primary_metric",
-        "n", "seconds"}`.
+        "n", "seconds"}` (+ `"item_scores"` with `keep_item_scores`).
     """
     from tailored_hf.data import load_task_split, map_for_scoring
 
@@ -80,6 +85,8 @@ def evaluate_tasks(
         metric = PRIMARY_METRIC.get(task, DEFAULT_PRIMARY_METRIC)
         entry: dict[str, Any] = scored.to_dict()
         entry.update(primary=entry[metric], primary_metric=metric, seconds=time.perf_counter() - start)
+        if keep_item_scores:
+            entry["item_scores"] = [float(getattr(item, ITEM_CORRECTNESS[metric])) for item in scored.items]
         results[task] = entry
         logger.info("%s: %s=%.4f (n=%d, %.1fs)", task, metric, entry["primary"], entry["n"], entry["seconds"])
     return results

@@ -8,15 +8,19 @@ from tailored_hf.eval import (
     EvalReport,
     GenerationSettings,
     accuracy,
+    evaluate_tasks,
     extract_label,
     generate_predictions,
     macro_f1,
     mean_accuracy,
+    paired_mean_difference,
     recovery_rate,
     relative_performance,
     rouge_scores,
     token_perplexity,
 )
+
+from .conftest import DATA_DIR
 
 
 def test_constant_model_perplexity_is_vocab_size(tiny_model):
@@ -85,3 +89,56 @@ def test_generate_predictions_greedy_and_sampling(tiny_model, tiny_tokenizer):
     assert len(sampled) == 2
     with pytest.raises(ValueError):
         GenerationSettings(num_runs=0)
+
+
+def test_paired_mean_difference_against_a_hand_computed_reference():
+    a = {"x": [1, 1, 0, 1], "y": [1, 0, 1, 0, 1]}
+    b = {"x": [0, 1, 0, 0], "y": [1, 0, 0, 0, 0]}
+    result = paired_mean_difference(a, b)
+    # x: differences 1,0,0,1 -> mean 0.5, sample sd sqrt(1/3), stderr sqrt(1/3)/2; y: 0,0,1,0,1 -> 0.4, sd sqrt(0.3)
+    se_x, se_y = math.sqrt(1 / 3) / 2, math.sqrt(0.3) / math.sqrt(5)
+    assert result.per_task["x"] == pytest.approx((0.5, se_x))
+    assert result.per_task["y"] == pytest.approx((0.4, se_y))
+    assert result.difference == pytest.approx(0.45)
+    assert result.stderr == pytest.approx(math.hypot(se_x, se_y) / 2)
+    assert result.z_score() == pytest.approx(0.45 / result.stderr)
+    reverse = paired_mean_difference(b, a, tasks=["x"])
+    assert reverse.difference == pytest.approx(-0.5) and reverse.stderr == pytest.approx(se_x)
+
+
+def test_paired_difference_cancels_shared_item_difficulty():
+    # Two models that agree on every item but 8 of 200: the unpaired stderrs would not resolve a 4-point gap.
+    b = {"t": [1.0] * 100 + [0.0] * 100}
+    a = {"t": [1.0] * 108 + [0.0] * 92}
+    result = paired_mean_difference(a, b)
+    unpaired = math.hypot(*(math.sqrt(p * (1 - p) / 200) for p in (0.54, 0.5)))
+    assert result.difference == pytest.approx(0.04)
+    assert result.stderr < unpaired / 3
+    assert not (result.difference >= 2 * unpaired) and result.resolved()
+    same = paired_mean_difference(a, a)
+    assert same.difference == 0 and same.stderr == 0 and same.z_score() == 0 and not same.resolved()
+    assert paired_mean_difference({"t": [1, 1]}, {"t": [0, 0]}).z_score() == math.inf
+
+
+def test_paired_difference_validation():
+    with pytest.raises(ValueError, match="same items"):
+        paired_mean_difference({"t": [1, 0, 1]}, {"t": [1, 0]})
+    with pytest.raises(ValueError, match="Missing item scores"):
+        paired_mean_difference({"t": [1, 0]}, {"u": [1, 0]})
+    with pytest.raises(ValueError, match="No tasks"):
+        paired_mean_difference({}, {})
+
+
+@pytest.mark.skipif(not DATA_DIR.is_dir(), reason="shared data directory not found")
+def test_evaluate_tasks_keeps_the_primary_metric_per_item(tiny_model, tiny_tokenizer):
+    results = evaluate_tasks(
+        tiny_model, tiny_tokenizer, ["piqa", "hellaswag"], data_dir=DATA_DIR, limit=6, keep_item_scores=True
+    )
+    for task, metric in (("piqa", "acc"), ("hellaswag", "acc_norm")):
+        entry = results[task]
+        assert entry["primary_metric"] == metric and len(entry["item_scores"]) == entry["n"] == 6
+        assert set(entry["item_scores"]) <= {0.0, 1.0}
+        assert sum(entry["item_scores"]) / 6 == pytest.approx(entry["primary"])
+    assert (
+        "item_scores" not in evaluate_tasks(tiny_model, tiny_tokenizer, ["piqa"], data_dir=DATA_DIR, limit=2)["piqa"]
+    )
