@@ -482,6 +482,12 @@ def test_unreachable_target_states_the_maximum_feasible_ratio():
     assert maximum == pytest.approx(sizes.num_parameters()["sparsity"])
     with pytest.raises(ValueError, match=rf"maximum feasible ratio is {maximum:.4f}"):
         pruner.compute_plan(model, calibration())
+    # Iterative pruning names the run's own target, checked before any round changes the model.
+    iterative = DepGraphConfig(target_sparsity=0.9, iterative_steps=4)
+    before = {name: p.clone() for name, p in model.state_dict().items()}
+    with pytest.raises(ValueError, match=rf"target_sparsity=0.9 cannot .* maximum feasible ratio is {maximum:.4f}"):
+        prune(model, iterative, calibration=calibration())
+    assert all(torch.equal(before[name], p) for name, p in model.state_dict().items())
     with pytest.raises(ValueError, match="layer_range .* exceeds"):
         DepGraphPruner(DepGraphConfig(layer_range=(0, 12)), progress=False).compute_plan(model, calibration())
 

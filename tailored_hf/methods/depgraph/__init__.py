@@ -92,7 +92,10 @@ def _prune_iteratively(
     """`config.iterative_steps` rounds of score -> plan -> apply on the shrinking model; the composed plan (relative
     to the model as given) is returned, with the whole run's target and achieved sparsity in its metadata."""
     lm = A.unwrap_model(model)
-    dense = ModelGeometry.from_config(lm.config).num_parameters()
+    geometry = ModelGeometry.from_config(lm.config)
+    # The whole run's target against the model as given (a round's own target would name a ratio the user never set).
+    DepGraphPruner(replace(config, iterative_steps=1), progress).check_feasible(geometry)
+    dense = geometry.num_parameters()
     steps, plan = config.iterative_steps, None
     for step in range(1, steps + 1):
         current = ModelGeometry.from_config(lm.config).num_parameters()

@@ -78,16 +78,7 @@ class DepGraphPruner:
             calibration = check_calibration(calibration, geometry.vocab_size)
         start, end = cfg.resolved_layer_range(geometry.num_layers)
         prunable = list(range(start, end))
-        max_ratio = self.max_feasible_sparsity(geometry)
-        if cfg.target_sparsity > max_ratio + 1e-12:
-            raise ValueError(
-                f"target_sparsity={cfg.target_sparsity} cannot be reached without emptying a layer: removing every "
-                f"prunable unit of layers {start}..{end - 1} except one per unit type ({self._units_pruned()}) "
-                f"removes {max_ratio:.4f} of the parameters, so the maximum feasible ratio is {max_ratio:.4f}. "
-                "Lower target_sparsity, widen layer_range"
-                + ("" if cfg.prune_hidden else " or enable prune_hidden")
-                + "."
-            )
+        max_ratio = self.check_feasible(geometry)
         trace_input = calibration[:1] if calibration is not None else None
         self.graph = DependencyGraph.build(model, trace_input)
         kinds = [
@@ -140,6 +131,24 @@ class DepGraphPruner:
             }
         )
         return plan
+
+    def check_feasible(self, geometry: ModelGeometry, target_sparsity: float | None = None) -> float:
+        """The maximum feasible ratio of `geometry`; raises a `ValueError` naming it when `target_sparsity` (default:
+        the config's) is above it."""
+        cfg = self.config
+        target = cfg.target_sparsity if target_sparsity is None else target_sparsity
+        max_ratio = self.max_feasible_sparsity(geometry)
+        if target > max_ratio + 1e-12:
+            start, end = cfg.resolved_layer_range(geometry.num_layers)
+            raise ValueError(
+                f"target_sparsity={target} cannot be reached without emptying a layer: removing every "
+                f"prunable unit of layers {start}..{end - 1} except one per unit type ({self._units_pruned()}) "
+                f"removes {max_ratio:.4f} of the parameters, so the maximum feasible ratio is {max_ratio:.4f}. "
+                "Lower target_sparsity, widen layer_range"
+                + ("" if cfg.prune_hidden else " or enable prune_hidden")
+                + "."
+            )
+        return max_ratio
 
     def max_feasible_sparsity(self, geometry: ModelGeometry) -> float:
         """Sparsity with every prunable unit of the unprotected layers removed except the minimum per unit type."""
