@@ -761,6 +761,8 @@ def main(argv: list[str] | None = None) -> None:
         }
         if args.random_weights and not args.skip_quality:
             raise SystemExit("--random-weights measures cost only: add --skip-quality (quality needs real weights).")
+        if args.rerun and args.skip_quality:
+            raise SystemExit("--rerun reruns quality variants: drop --skip-quality (or --rerun).")
         settings = vars(args)
         out.parent.mkdir(parents=True, exist_ok=True)
         if args.skip_cost:
