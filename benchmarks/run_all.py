@@ -22,6 +22,7 @@ import json
 import math
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,9 @@ from tailored_llama import (
 )
 from training_overhead import memory_key
 
+sys.path.append(str(Path(__file__).resolve().parent / "peers"))
+from paired_comparison import settings_text, summary_table  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 REPORT = ROOT / "benchmarks" / "REPORT.md"
@@ -46,11 +50,13 @@ SCRIPTS = {
     "depgraph_configs": ROOT / "benchmarks" / "depgraph_configs.py",
     "tailored_llama": ROOT / "benchmarks" / "tailored_llama.py",
     "torch_pruning": ROOT / "benchmarks" / "peers" / "torch_pruning_peer.py",
+    "paired_comparison_50": ROOT / "benchmarks" / "peers" / "paired_comparison.py",
+    "paired_comparison_20": ROOT / "benchmarks" / "peers" / "paired_comparison.py",
     "nuteprune": ROOT / "benchmarks" / "nuteprune.py",
 }
 #: Arguments per script; NutePrune's quality runs take hours (`benchmarks/nuteprune.py` alone runs them; a run with
 #: `--skip-quality` keeps the committed quality section).
-SCRIPT_ARGS = {"nuteprune": ["--skip-quality"]}
+SCRIPT_ARGS = {"nuteprune": ["--skip-quality"], "paired_comparison_20": ["--ratio", "0.2"]}
 #: Issue 9's targets.
 IMPORTANCE_TIME_TARGET = 1.2  # ours / one plain forward + backward over the same tokens
 IMPORTANCE_MEMORY_TARGET = 1.3  # ours / forward + backward without keeping full-model gradients
@@ -346,7 +352,9 @@ def gap_text(ours: float, peer: float, errors: list[float | None]) -> str:
     return text + ")"
 
 
-def peer_section(ours: dict[str, Any] | None, peer: dict[str, Any] | None) -> list[str]:
+def peer_section(
+    ours: dict[str, Any] | None, peer: dict[str, Any] | None, paired: Sequence[dict[str, Any]] = ()
+) -> list[str]:
     """Per ratio: 7-task mean and WikiText-2 ppl of each of our configurations vs Torch-Pruning, without tuning and
     after the same LoRA; every peer row is judged against each of our configurations."""
     lines = ["## 4. Quality vs Torch-Pruning (same model, ratio, evaluation and LoRA budget)", ""]
@@ -409,7 +417,30 @@ def peer_section(ours: dict[str, Any] | None, peer: dict[str, Any] | None) -> li
         *c4_budget_lines(ours, peer),
         "Per task and settings: `benchmarks/results/torch_pruning.md`.",
         "",
+        *paired_lines(paired),
     ]
+
+
+def paired_lines(paired: Sequence[dict[str, Any]]) -> list[str]:
+    """Per ratio, the pairs above rebuilt and scored on more items, with paired standard errors
+    (`benchmarks/peers/paired_comparison.py`)."""
+    lines = []
+    for number, data in enumerate(sorted(paired, key=lambda d: d["settings"]["ratio"]), start=1):
+        ratio = data["settings"]["ratio"]
+        tag = f"{ratio:.0%}"
+        lines += [
+            f"### 4.{number} The {tag} gaps on more items, paired",
+            "",
+            f"The {tag} models above rebuilt (same seeds and settings) and scored again on more items, each item's "
+            "score kept, so ours and the peer are compared item by item: " + settings_text(data),
+            "",
+            *summary_table(data),
+            "",
+            "Per task, and the rebuilt models checked against the 200-item cells above: "
+            f"`benchmarks/results/paired_comparison_{round(100 * ratio)}.md`.",
+            "",
+        ]
+    return lines
 
 
 def ahead_of_peer(ours: tuple, peer: tuple, tasks: list[str], names: tuple[str, str]) -> list[str]:
@@ -625,7 +656,7 @@ def gpu_section(
     return lines
 
 
-def render(perf, overhead, ours, peer, nuteprune=None, atp=None, gpu=(None, None, None)) -> str:
+def render(perf, overhead, ours, peer, nuteprune=None, atp=None, gpu=(None, None, None), paired=()) -> str:
     lines = [
         "# tailored_hf performance report (issue 9)",
         "",
@@ -637,7 +668,7 @@ def render(perf, overhead, ours, peer, nuteprune=None, atp=None, gpu=(None, None
     lines += importance_section(perf)
     lines += overhead_section(overhead, nuteprune)
     lines += inference_section(perf)
-    lines += peer_section(ours, peer)
+    lines += peer_section(ours, peer, paired)
     lines += moonshot_section(ours, nuteprune, atp)
     lines += gpu_section(*gpu)
     return "\n".join(lines).rstrip() + "\n"
@@ -657,6 +688,7 @@ def main() -> None:
         load("nuteprune"),
         load("atp_healthcare"),
         (load("performance_h200"), load("training_overhead_h200"), load("nuteprune_h200")),
+        [load(path.stem) for path in sorted(RESULTS.glob("paired_comparison_*.json"))],
     )
     REPORT.write_text(text)
     print(text)

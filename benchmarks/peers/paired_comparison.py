@@ -1,0 +1,385 @@
+"""Paired comparison with Torch-Pruning on more validation items: is ours ahead beyond sampling error?
+
+`torch_pruning_peer.py` scores the first 200 validation items per task (BoolQ 100), where the 50% gaps between our
+models and Torch-Pruning's are within two unpaired standard errors (about 3.7 points on the 7-task mean). This script
+rebuilds the models those gaps rest on, at one ratio, scores them on the first `--limit` items of every task keeping
+each item's score, and reports the paired difference of the 7-task means (`tailored_hf.eval.paired_mean_difference`:
+per-item differences on the same items, so the items' shared difficulty cancels) with its standard error.
+
+Pairs, ours vs the peer after the same training budget:
+- "task LoRA": our pass (the paper's configuration) vs Torch-Pruning with `--importance` (by default the importance
+  the peer table tunes at that ratio), each + the task-specific LoRA (K=50, one adapter per task,
+  `tailored_llama.Bench.tune`).
+- "C4 LoRA": NutePrune's L0 masks trained with their C4 LoRA (`tailored_llama`'s "l0" configuration) vs
+  Torch-Pruning + the same C4 LoRA (`tailored_llama.c4_lora`), no task tuning.
+- "C4 + task LoRA": those two models, each + the task LoRA.
+
+Every model is rebuilt deterministically (same calibration, seeds and settings as the committed cells), so the mean
+over the first 200 items (BoolQ 100) of each cell is checked against the committed 200-item cell of
+`tailored_llama.json` / `torch_pruning.json` and the report says whether they agree. Cells are cached in the JSON, so
+an interrupted run resumes; pairs run in the order above.
+
+    make peers                                                                   # once: Torch-Pruning into .peers/
+    .venv/bin/python benchmarks/peers/paired_comparison.py                      # 50%, ~1 h on 2 quiet cores
+    .venv/bin/python benchmarks/peers/paired_comparison.py --ratio 0.2         # 20%
+    .venv/bin/python benchmarks/peers/paired_comparison.py --report-only        # Markdown from the cached cells
+    .venv/bin/python benchmarks/peers/paired_comparison.py --tasks piqa --limit 8 --boolq-limit 8 --ppl-windows 2 \
+        --pairs task_lora --out /tmp/paired_smoke/paired                       # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.append(str(ROOT / "benchmarks"))
+sys.path.append(str(ROOT / "benchmarks" / "peers"))
+
+from tailored_llama import CHANCE, c4_lora  # noqa: E402
+from torch_pruning_peer import IMPORTANCES, PeerBench, best_importance, tp_version  # noqa: E402
+
+from tailored_hf.eval import COMMONSENSE_TASKS, evaluate_tasks, paired_mean_difference, token_perplexity  # noqa: E402
+from tailored_hf.structure import count_parameters  # noqa: E402
+from tailored_hf.structure.plan import atomic_write_text  # noqa: E402
+
+DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
+#: Results per ratio: `<RESULTS>_<percent>.json` / `.md` (e.g. `paired_comparison_50.json`).
+RESULTS = ROOT / "benchmarks" / "results" / "paired_comparison"
+OURS = ROOT / "benchmarks" / "results" / "tailored_llama.json"
+PEER = ROOT / "benchmarks" / "results" / "torch_pruning.json"
+#: Pair name -> (our cell prefix, peer cell prefix, label); `{imp}` is the peer's importance.
+PAIRS: dict[str, tuple[str, str, str]] = {
+    "task_lora": ("ours/task", "tp-{imp}/task", "our pass + task LoRA vs Torch-Pruning ({imp}) + task LoRA"),
+    "c4_lora": ("l0/pruned", "tp-{imp}-c4/pruned", "NutePrune L0 + its C4 LoRA vs Torch-Pruning ({imp}) + C4 LoRA"),
+    "c4_task_lora": ("l0/task", "tp-{imp}-c4/task", "the C4 pair, each + task LoRA"),
+}
+#: Where each of our / the peer's cells was first measured on 200 items: (file, cell key with `{tag}`, `{imp}`).
+COMMITTED = {
+    "ours/task": (OURS, "{tag}/task"),
+    "l0/pruned": (OURS, "{tag}/l0/pruned"),
+    "l0/task": (OURS, "{tag}/l0/task"),
+    "tp-{imp}/task": (PEER, "{tag}/{imp}/task"),
+    "tp-{imp}-c4/pruned": (PEER, "{tag}/{imp}/c4/pruned"),
+    "tp-{imp}-c4/task": (PEER, "{tag}/{imp}/c4/task"),
+}
+#: Items per task of the committed cells (BoolQ: its own limit).
+COMMITTED_LIMIT, COMMITTED_BOOLQ_LIMIT = 200, 100
+#: |z| at which a paired difference counts as resolved (about 95% two-sided).
+RESOLVED_Z = 2.0
+RUN_OPTIONS = ("out", "report_only", "pairs")
+
+logger = logging.getLogger("paired_comparison")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    parser.add_argument("--ratio", type=float, default=0.5, help="fraction of total parameters removed")
+    parser.add_argument(
+        "--importance",
+        choices=IMPORTANCES,
+        help="Torch-Pruning's importance (default: the one torch_pruning_peer.py tuned at this ratio, i.e. the higher "
+        "no-tune mean in its committed cells)",
+    )
+    parser.add_argument("--tasks", nargs="+", default=list(COMMONSENSE_TASKS))
+    parser.add_argument("--limit", type=int, default=1000, help="validation items per task (all when fewer)")
+    parser.add_argument("--boolq-limit", type=int, default=400, help="BoolQ items (long passages)")
+    parser.add_argument("--ppl-windows", type=int, default=40, help="WikiText-2 windows of 128 tokens")
+    parser.add_argument("--pairs", nargs="+", choices=list(PAIRS), default=list(PAIRS))
+    parser.add_argument("--k", type=int, default=50, help="task shots (paper: 50)")
+    parser.add_argument("--lora-r", type=int, default=8)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help=f"results path without suffix (default: {RESULTS.name}_<percent>)")
+    parser.add_argument("--report-only", action="store_true", help="render the Markdown from the cached cells only")
+    args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = f"{RESULTS}_{round(100 * args.ratio)}"
+    if args.importance is None and not args.report_only:
+        cells = {k: v["value"] for k, v in json.loads(PEER.read_text())["cells"].items()} if PEER.is_file() else {}
+        args.importance = best_importance(cells, f"{args.ratio:.0%}", list(IMPORTANCES), args.tasks)
+        if args.importance is None:
+            parser.error(f"no committed Torch-Pruning cells at {args.ratio:.0%} in {PEER}: pass --importance.")
+    return args
+
+
+class PairedBench(PeerBench):
+    """`PeerBench` whose evaluation keeps every item's score (as a `"0"`/`"1"` string per task)."""
+
+    run_options = RUN_OPTIONS
+
+    def evaluate(self, model, tasks: list[str]) -> dict[str, Any]:
+        scores = {}
+        for task in tasks:
+            limit = self.args.boolq_limit if task == "boolq" else self.args.limit
+            result = evaluate_tasks(
+                model, self.tokenizer, [task], data_dir=self.args.data_dir, limit=limit, keep_item_scores=True
+            )[task]
+            items = "".join(str(int(score)) for score in result["item_scores"])
+            scores[task] = {"score": result["primary"], "metric": result["primary_metric"], "n": result["n"]}
+            scores[task]["items"] = items
+        ppl = token_perplexity(model, self.wikitext, max_windows=self.args.ppl_windows).perplexity
+        return {"tasks": scores, "wikitext2_ppl": ppl}
+
+    def peer_model(self) -> torch.nn.Module:
+        """Torch-Pruning's model at the ratio, starting the ratio search at the committed cell's TP ratio."""
+        start = None
+        if PEER.is_file():
+            cell = json.loads(PEER.read_text())["cells"].get(f"{self.tag}/{self.args.importance}/pruned")
+            start = cell["value"]["pruning"]["tp_ratio"] if cell else None
+        model, record = self.tp_pruned(self.args.ratio, self.args.importance, start=start)
+        self.data.setdefault("params", {})[f"tp-{self.args.importance}"] = record
+        return model
+
+    @property
+    def tag(self) -> str:
+        return f"{self.args.ratio:.0%}"
+
+    def record_params(self, name: str, model: torch.nn.Module) -> None:
+        self.data.setdefault("params", {})[name] = {
+            "dense": self.dense_params,
+            "pruned": count_parameters(model),
+            "achieved": 1 - count_parameters(model) / self.dense_params,
+        }
+
+    def tuned_cells(self, model: torch.nn.Module, prefix: str) -> None:
+        for task in self.args.tasks:
+            self.tuned_cell(model, f"{self.tag}/{prefix}/{task}", self.shots(task, self.args.k), [task])
+
+    def missing(self, *prefixes: str) -> bool:
+        keys = []
+        for prefix in prefixes:
+            if prefix.endswith("/task"):
+                keys += [f"{self.tag}/{prefix}/{task}" for task in self.args.tasks]
+            else:
+                keys.append(f"{self.tag}/{prefix}")
+        return not all(key in self.data["cells"] for key in keys)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.manual_seed(0)
+    args = parse_args()
+    if args.report_only:
+        data = json.loads(Path(args.out + ".json").read_text())
+        atomic_write_text(Path(args.out + ".md"), render(data))
+        print(render(data))
+        return
+    bench = PairedBench(args)
+    imp = args.importance
+    if "task_lora" in args.pairs:
+        if bench.missing("ours/task"):
+            model, _ = bench.pruned(args.ratio)
+            bench.record_params("ours", model)
+            bench.tuned_cells(model, "ours/task")
+            del model
+        if bench.missing(f"tp-{imp}/task"):
+            model = bench.peer_model()
+            bench.tuned_cells(model, f"tp-{imp}/task")
+            del model
+    if "c4_lora" in args.pairs or "c4_task_lora" in args.pairs:
+        tuned = "c4_task_lora" in args.pairs
+        if bench.missing("l0/pruned", *(["l0/task"] if tuned else [])):
+            model, _ = bench.pruned(args.ratio, method="nuteprune", distillation="none")
+            bench.record_params("l0", model)
+            bench.cell(f"{bench.tag}/l0/pruned", lambda model=model: bench.evaluate(model, args.tasks))
+            if tuned:
+                bench.tuned_cells(model, "l0/task")
+            del model
+        peer = f"tp-{imp}-c4"
+        if bench.missing(f"{peer}/pruned", *([f"{peer}/task"] if tuned else [])):
+            model = c4_lora(bench.peer_model(), bench.tokenizer, args)
+            bench.cell(f"{bench.tag}/{peer}/pruned", lambda model=model: bench.evaluate(model, args.tasks))
+            if tuned:
+                bench.tuned_cells(model, f"{peer}/task")
+            del model
+    bench.data["environment"] = {"torch_pruning": tp_version(), "torch": torch.__version__}
+    bench.save()
+    atomic_write_text(Path(args.out + ".md"), render(bench.data))
+    print(render(bench.data))
+
+
+# ---------------------------------------------------------------------------------------------------- report
+def item_scores(cells: dict[str, Any], tag: str, prefix: str, tasks: list[str]) -> dict[str, list[float]] | None:
+    """Task -> per-item scores of one model (`prefix` ending in `/task`: one adapter per task), None if missing."""
+    scores = {}
+    for task in tasks:
+        key = f"{tag}/{prefix}/{task}" if prefix.endswith("/task") else f"{tag}/{prefix}"
+        cell = cells.get(key)
+        if cell is None or task not in cell["tasks"]:
+            return None
+        scores[task] = [float(c) for c in cell["tasks"][task]["items"]]
+    return scores
+
+
+def committed_check(prefix: str, scores: dict[str, list[float]], tag: str, imp: str) -> str:
+    """Whether the first 200 items (BoolQ 100) reproduce the committed 200-item cells, task by task (`prefix`: a
+    `COMMITTED` key)."""
+    path, pattern = COMMITTED[prefix]
+    if not path.is_file():
+        return "no committed cells"
+    cells = {k: v["value"] for k, v in json.loads(path.read_text())["cells"].items()}
+    base = pattern.format(tag=tag, imp=imp)
+    mismatches, checked = [], 0
+    for task, items in scores.items():
+        cell = cells.get(f"{base}/{task}" if prefix.endswith("/task") else base)
+        limit = COMMITTED_BOOLQ_LIMIT if task == "boolq" else COMMITTED_LIMIT
+        if cell is None or task not in cell["tasks"] or len(items) < min(limit, cell["tasks"][task]["n"]):
+            continue
+        n = cell["tasks"][task]["n"]
+        checked += 1
+        subset = sum(items[:n]) / n
+        if not math.isclose(subset, cell["tasks"][task]["score"], abs_tol=1e-9):
+            mismatches.append(f"{task} {100 * subset:.1f} vs {100 * cell['tasks'][task]['score']:.1f}")
+    if not checked:
+        return "no committed cells"
+    if mismatches:
+        return f"differs on {', '.join(mismatches)}"
+    return f"equal on all {checked} tasks"
+
+
+def pair_results(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """One entry per pair: its label, and once both models are measured their per-item scores, 7-task means, paired
+    difference ([`PairedDifference`]) and unpaired standard error."""
+    s = data["settings"]
+    tasks, tag, imp = s["tasks"], f"{s['ratio']:.0%}", s["importance"]
+    cells = {k: v["value"] for k, v in data["cells"].items()}
+    results = []
+    for name, (ours_prefix, peer_pattern, label) in PAIRS.items():
+        entry: dict[str, Any] = {"name": name, "label": label.format(imp=imp), "prefixes": (ours_prefix, peer_pattern)}
+        ours = item_scores(cells, tag, ours_prefix, tasks)
+        peer = item_scores(cells, tag, peer_pattern.format(imp=imp), tasks)
+        entry |= {"ours_items": ours, "peer_items": peer}
+        if ours is not None and peer is not None:
+            means = [sum(sum(v) / len(v) for v in side.values()) / len(tasks) for side in (ours, peer)]
+            variance = sum(
+                p * (1 - p) / len(v) for side in (ours, peer) for v in side.values() for p in [sum(v) / len(v)]
+            )
+            entry |= {
+                "ours": means[0],
+                "peer": means[1],
+                "paired": paired_mean_difference(ours, peer, tasks),
+                "unpaired_stderr": math.sqrt(variance) / len(tasks),
+            }
+        results.append(entry)
+    return results
+
+
+def verdict_text(paired) -> str:
+    """`yes, resolved` / `NO, within sampling error` for a [`PairedDifference`] of ours minus the peer."""
+    resolved = ", resolved" if paired.resolved(RESOLVED_Z) else ", within sampling error"
+    return ("yes" if paired.difference > 0 else "NO") + resolved
+
+
+def summary_table(data: dict[str, Any]) -> list[str]:
+    """The pairs as a Markdown table (also `run_all.py`'s)."""
+    lines = [
+        "| pair | ours | peer | difference (paired stderr) | z | unpaired stderr | ours ahead? |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for entry in pair_results(data):
+        if "paired" not in entry:
+            lines.append(f"| {entry['label']} | not measured | | | | | |")
+            continue
+        paired = entry["paired"]
+        lines.append(
+            f"| {entry['label']} | {100 * entry['ours']:.1f} | {100 * entry['peer']:.1f} | "
+            f"{100 * paired.difference:+.1f} ({100 * paired.stderr:.1f}) | {paired.z_score():+.2f} | "
+            f"{100 * entry['unpaired_stderr']:.1f} | {verdict_text(paired)} |"
+        )
+    return lines
+
+
+def settings_text(data: dict[str, Any]) -> str:
+    s = data["settings"]
+    chance = sum(CHANCE[t] for t in s["tasks"]) / len(s["tasks"])
+    return (
+        f"First {s['limit']} validation items per task (all when fewer; BoolQ {s['boolq_limit']}), primary metric "
+        f"per task, the same items for both models; chance mean {100 * chance:.1f}. Difference = ours - peer on the "
+        "7-task mean, with its paired standard error (per task the stderr of the per-item differences, combined over "
+        f"tasks); resolved when |z| >= {RESOLVED_Z:g}. Task LoRA: r={s['lora_r']}, lr {s['learning_rate']:g}, "
+        f"{s['epochs']:g} epochs, batch {s['batch_size']}, K={s['k']} shots, one adapter per task."
+    )
+
+
+def render(data: dict[str, Any]) -> str:
+    s = data["settings"]
+    tasks, tag, imp = s["tasks"], f"{s['ratio']:.0%}", s["importance"]
+    cells = {k: v["value"] for k, v in data["cells"].items()}
+    lines = [
+        f"# Paired comparison with Torch-Pruning at {tag} of the parameters (SmolLM2-135M-Instruct)",
+        "",
+        settings_text(data),
+        "",
+        *summary_table(data),
+    ]
+    per_task_rows, checks, counts = [], [], {}
+    for entry in pair_results(data):
+        for pattern, scores in zip(entry["prefixes"], (entry["ours_items"], entry["peer_items"])):
+            if scores is not None and pattern.format(imp=imp) not in [c[0] for c in checks]:
+                checks.append((pattern.format(imp=imp), committed_check(pattern, scores, tag, imp)))
+        if "paired" not in entry:
+            continue
+        ours, peer, paired = entry["ours_items"], entry["peer_items"], entry["paired"]
+        counts = counts or {t: len(ours[t]) for t in tasks}
+        per_task_rows.append(
+            f"| {entry['name']} | "
+            + " | ".join(
+                f"{100 * sum(ours[t]) / len(ours[t]):.1f} / {100 * sum(peer[t]) / len(peer[t]):.1f} "
+                f"({100 * paired.per_task[t][0]:+.1f} ± {100 * paired.per_task[t][1]:.1f})"
+                for t in tasks
+            )
+            + " |"
+        )
+    if per_task_rows:
+        lines += [
+            "",
+            "Per task, ours / peer (difference ± paired stderr), n = "
+            + ", ".join(f"{t} {n}" for t, n in counts.items())
+            + ":",
+            "",
+            "| pair | " + " | ".join(tasks) + " |",
+            "|---|" + "---|" * len(tasks),
+            *per_task_rows,
+        ]
+    ppl_rows = [
+        f"| {prefix.format(imp=imp)} | {cells[f'{tag}/{prefix.format(imp=imp)}']['wikitext2_ppl']:.1f} |"
+        for prefix in ("l0/pruned", "tp-{imp}-c4/pruned")
+        if f"{tag}/{prefix.format(imp=imp)}" in cells
+    ]
+    if ppl_rows:
+        lines += [
+            "",
+            "WikiText-2 perplexity (40 windows of 128 tokens) of the C4 pair:",
+            "",
+            "| model | ppl |",
+            "|---|---|",
+        ]
+        lines += ppl_rows
+    if checks:
+        lines += ["", "Rebuilt models vs the committed 200-item cells (first 200 items, BoolQ 100):", ""]
+        lines += [f"- `{prefix}`: {text}" for prefix, text in checks]
+    lines += [
+        "",
+        "Reproduce: `make peers`, then `.venv/bin/python benchmarks/peers/paired_comparison.py"
+        + (f" --ratio {s['ratio']}" if s["ratio"] != 0.5 else "")
+        + (f" --importance {imp}" if imp != "magnitude" else "")
+        + "`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
