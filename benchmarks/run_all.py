@@ -39,7 +39,7 @@ from tailored_llama import (
 from training_overhead import memory_key
 
 sys.path.append(str(Path(__file__).resolve().parent / "peers"))
-from paired_comparison import settings_text, summary_table  # noqa: E402
+from paired_comparison import settings_text, shares, summary_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -575,7 +575,10 @@ def share_text(value: float | None) -> str:
 
 
 def moonshot_section(
-    ours: dict[str, Any] | None, nuteprune: dict[str, Any] | None = None, atp: dict[str, Any] | None = None
+    ours: dict[str, Any] | None,
+    nuteprune: dict[str, Any] | None = None,
+    atp: dict[str, Any] | None = None,
+    paired: Sequence[dict[str, Any]] = (),
 ) -> list[str]:
     lines = ["## 5. The moonshot: share of the dense 7-task mean kept after task-specific recovery", ""]
     if ours is None:
@@ -631,7 +634,28 @@ def moonshot_section(
                 f"| {label} | " + " | ".join(pct(v) for v in tuned) + f" | {pct(mean(tuned))} | "
                 f"{'—' if share is None else f'{share:.1%}'} | >= {target:.0%} | {status} |"
             )
-    return lines + [""] + notes + [""]
+    return lines + [""] + notes + ["", *paired_share_lines(paired)]
+
+
+def paired_share_lines(paired: Sequence[dict[str, Any]]) -> list[str]:
+    """The task-LoRA rows again on section 4's larger item sets, as shares of the dense model on the same items."""
+    lines = []
+    for number, data in enumerate(sorted(paired, key=lambda d: d["settings"]["ratio"]), start=1):
+        tag = f"{data['settings']['ratio']:.0%}"
+        dense, rows = shares(data)
+        rows = [row for row in rows if row[0].endswith("task LoRA") and row[2] is not None]
+        if dense is None or not rows or tag not in MOONSHOT:
+            continue
+        target = MOONSHOT[tag]
+        kept = "; ".join(
+            f"{label} {pct(value)} = {share:.1%} ({'met' if share >= target else 'NOT met'})"
+            for label, value, share in rows
+        )
+        lines.append(
+            f"- On the larger item sets of section 4.{number} ({tag}, `benchmarks/results/paired_comparison_"
+            f"{round(100 * data['settings']['ratio'])}.md`; dense {pct(dense)} there), target >= {target:.0%}: {kept}."
+        )
+    return lines + ([""] if lines else [])
 
 
 def gpu_section(
@@ -669,7 +693,7 @@ def render(perf, overhead, ours, peer, nuteprune=None, atp=None, gpu=(None, None
     lines += overhead_section(overhead, nuteprune)
     lines += inference_section(perf)
     lines += peer_section(ours, peer, paired)
-    lines += moonshot_section(ours, nuteprune, atp)
+    lines += moonshot_section(ours, nuteprune, atp, paired)
     lines += gpu_section(*gpu)
     return "\n".join(lines).rstrip() + "\n"
 

@@ -63,6 +63,7 @@ PAIRS: dict[str, tuple[str, str, str]] = {
 }
 #: Where each of our / the peer's cells was first measured on 200 items: (file, cell key with `{tag}`, `{imp}`).
 COMMITTED = {
+    "dense": (OURS, "dense"),
     "ours/task": (OURS, "{tag}/task"),
     "l0/pruned": (OURS, "{tag}/l0/pruned"),
     "l0/task": (OURS, "{tag}/l0/task"),
@@ -74,7 +75,16 @@ COMMITTED = {
 COMMITTED_LIMIT, COMMITTED_BOOLQ_LIMIT = 200, 100
 #: |z| at which a paired difference counts as resolved (about 95% two-sided).
 RESOLVED_Z = 2.0
-RUN_OPTIONS = ("out", "report_only", "pairs")
+RUN_OPTIONS = ("out", "report_only", "pairs", "dense")
+#: Models whose share of the dense 7-task mean is reported (cell prefix, label); `{imp}`: the peer's importance.
+SHARE_ROWS = (
+    ("ours/task", "our pass + task LoRA"),
+    ("tp-{imp}/task", "Torch-Pruning ({imp}) + task LoRA"),
+    ("l0/pruned", "NutePrune L0 + its C4 LoRA"),
+    ("tp-{imp}-c4/pruned", "Torch-Pruning ({imp}) + C4 LoRA"),
+    ("l0/task", "NutePrune L0 + its C4 LoRA + task LoRA"),
+    ("tp-{imp}-c4/task", "Torch-Pruning ({imp}) + C4 LoRA + task LoRA"),
+)
 
 logger = logging.getLogger("paired_comparison")
 
@@ -95,6 +105,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--boolq-limit", type=int, default=400, help="BoolQ items (long passages)")
     parser.add_argument("--ppl-windows", type=int, default=40, help="WikiText-2 windows of 128 tokens")
     parser.add_argument("--pairs", nargs="+", choices=list(PAIRS), default=list(PAIRS))
+    parser.add_argument(
+        "--dense",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="score the dense model on the same items (the share of dense each model keeps)",
+    )
     parser.add_argument("--k", type=int, default=50, help="task shots (paper: 50)")
     parser.add_argument("--lora-r", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
@@ -204,6 +220,8 @@ def main() -> None:
             if tuned:
                 bench.tuned_cells(model, f"{peer}/task")
             del model
+    if args.dense:
+        bench.cell("dense", lambda: bench.evaluate(bench.model, args.tasks))
     bench.data["environment"] = {"torch_pruning": tp_version(), "torch": torch.__version__}
     bench.save()
     atomic_write_text(Path(args.out + ".md"), render(bench.data))
@@ -212,10 +230,12 @@ def main() -> None:
 
 # ---------------------------------------------------------------------------------------------------- report
 def item_scores(cells: dict[str, Any], tag: str, prefix: str, tasks: list[str]) -> dict[str, list[float]] | None:
-    """Task -> per-item scores of one model (`prefix` ending in `/task`: one adapter per task), None if missing."""
+    """Task -> per-item scores of one model (`prefix` ending in `/task`: one adapter per task; `"dense"`: the dense
+    model's cell), None if missing."""
     scores = {}
     for task in tasks:
         key = f"{tag}/{prefix}/{task}" if prefix.endswith("/task") else f"{tag}/{prefix}"
+        key = "dense" if prefix == "dense" else key
         cell = cells.get(key)
         if cell is None or task not in cell["tasks"]:
             return None
@@ -276,6 +296,26 @@ def pair_results(data: dict[str, Any]) -> list[dict[str, Any]]:
     return results
 
 
+def shares(data: dict[str, Any]) -> tuple[float | None, list[tuple[str, float, float | None]]]:
+    """The dense 7-task mean on these items (None when not scored) and, per measured model of `SHARE_ROWS`, its label,
+    7-task mean and share of the dense mean."""
+    s = data["settings"]
+    tasks, tag, imp = s["tasks"], f"{s['ratio']:.0%}", s["importance"]
+    cells = {k: v["value"] for k, v in data["cells"].items()}
+
+    def mean_of(prefix: str) -> float | None:
+        scores = item_scores(cells, tag, prefix, tasks)
+        return None if scores is None else sum(sum(v) / len(v) for v in scores.values()) / len(tasks)
+
+    dense = mean_of("dense")
+    rows = []
+    for prefix, label in SHARE_ROWS:
+        value = mean_of(prefix.format(imp=imp))
+        if value is not None:
+            rows.append((label.format(imp=imp), value, None if dense is None else value / dense))
+    return dense, rows
+
+
 def verdict_text(paired) -> str:
     """`yes, resolved` / `NO, within sampling error` for a [`PairedDifference`] of ours minus the peer."""
     resolved = ", resolved" if paired.resolved(RESOLVED_Z) else ", within sampling error"
@@ -329,6 +369,9 @@ def render(data: dict[str, Any]) -> str:
         for pattern, scores in zip(entry["prefixes"], (entry["ours_items"], entry["peer_items"])):
             if scores is not None and pattern.format(imp=imp) not in [c[0] for c in checks]:
                 checks.append((pattern.format(imp=imp), committed_check(pattern, scores, tag, imp)))
+        dense_items = item_scores(cells, tag, "dense", tasks)
+        if dense_items is not None and "dense" not in [c[0] for c in checks]:
+            checks.append(("dense", committed_check("dense", dense_items, tag, imp)))
         if "paired" not in entry:
             continue
         ours, peer, paired = entry["ours_items"], entry["peer_items"], entry["paired"]
@@ -352,6 +395,15 @@ def render(data: dict[str, Any]) -> str:
             "| pair | " + " | ".join(tasks) + " |",
             "|---|" + "---|" * len(tasks),
             *per_task_rows,
+        ]
+    dense, share_rows = shares(data)
+    if share_rows:
+        dense_text = "not scored" if dense is None else f"{100 * dense:.1f}"
+        lines += ["", f"Share of the dense 7-task mean on the same items (dense: {dense_text}):", ""]
+        lines += ["| model | 7-task mean | share of dense |", "|---|---|---|"]
+        lines += [
+            f"| {label} | {100 * value:.1f} | {'—' if share is None else f'{100 * share:.1f}%'} |"
+            for label, value, share in share_rows
         ]
     ppl_rows = [
         f"| {prefix.format(imp=imp)} | {cells[f'{tag}/{prefix.format(imp=imp)}']['wikitext2_ppl']:.1f} |"
