@@ -431,8 +431,11 @@ def paired_lines(paired: Sequence[dict[str, Any]]) -> list[str]:
         lines += [
             f"### 4.{number} The {tag} gaps on more items, paired",
             "",
-            f"The {tag} models above rebuilt (same seeds and settings) and scored again on more items, each item's "
-            "score kept, so ours and the peer are compared item by item: " + settings_text(data),
+            f"The {tag} models above rebuilt (same seeds and settings; the linked file names any whose first 200 "
+            "items score otherwise than the cells above) and scored again on more items, each item's "
+            "score kept, so ours and the peer are compared item by item: "
+            + settings_text(data)[0].lower()
+            + settings_text(data)[1:],
             "",
             *summary_table(data),
             "",
@@ -653,7 +656,8 @@ def paired_share_lines(paired: Sequence[dict[str, Any]]) -> list[str]:
         )
         lines.append(
             f"- On the larger item sets of section 4.{number} ({tag}, `benchmarks/results/paired_comparison_"
-            f"{round(100 * data['settings']['ratio'])}.md`; dense {pct(dense)} there), target >= {target:.0%}: {kept}."
+            f"{round(100 * data['settings']['ratio'])}.md`; dense {pct(dense)} there; its NutePrune model is a rebuild, "
+            f"checked against this table's there), target >= {target:.0%}: {kept}."
         )
     return lines + ([""] if lines else [])
 
