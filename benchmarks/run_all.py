@@ -650,14 +650,16 @@ def paired_share_lines(paired: Sequence[dict[str, Any]]) -> list[str]:
         if dense is None or not rows or tag not in MOONSHOT:
             continue
         target = MOONSHOT[tag]
+        nuteprune_row = any(label.startswith("NutePrune") for label, _, _ in rows)
         kept = "; ".join(
             f"{label} {pct(value)} = {share:.1%} ({'met' if share >= target else 'NOT met'})"
             for label, value, share in rows
         )
         lines.append(
             f"- On the larger item sets of section 4.{number} ({tag}, `benchmarks/results/paired_comparison_"
-            f"{round(100 * data['settings']['ratio'])}.md`; dense {pct(dense)} there; its NutePrune model is a rebuild, "
-            f"checked against this table's there), target >= {target:.0%}: {kept}."
+            f"{round(100 * data['settings']['ratio'])}.md`; dense {pct(dense)} there"
+            + ("; its NutePrune model is a rebuild, checked against this table's there" if nuteprune_row else "")
+            + f"), target >= {target:.0%}: {kept}."
         )
     return lines + ([""] if lines else [])
 

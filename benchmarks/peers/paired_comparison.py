@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.append(str(ROOT / "benchmarks"))
 sys.path.append(str(ROOT / "benchmarks" / "peers"))
 
-from tailored_llama import CHANCE, c4_lora  # noqa: E402
+from tailored_llama import CHANCE, NEAR_CHANCE, c4_lora  # noqa: E402
 from torch_pruning_peer import IMPORTANCES, PeerBench, best_importance, tp_version  # noqa: E402
 
 from tailored_hf.eval import COMMONSENSE_TASKS, evaluate_tasks, paired_mean_difference, token_perplexity  # noqa: E402
@@ -293,8 +293,22 @@ def pair_results(data: dict[str, Any]) -> list[dict[str, Any]]:
                 "paired": paired_mean_difference(ours, peer, tasks),
                 "unpaired_stderr": math.sqrt(variance) / len(tasks),
             }
+            informative = informative_tasks(data)
+            if informative and len(informative) < len(tasks):
+                entry["informative"] = (informative, paired_mean_difference(ours, peer, informative))
         results.append(entry)
     return results
+
+
+def informative_tasks(data: dict[str, Any]) -> list[str] | None:
+    """The tasks where the dense model, on these items, beats chance by more than `NEAR_CHANCE` (None without a
+    dense cell): on the others a tuned model can gain by learning the label prior alone."""
+    s = data["settings"]
+    cells = {k: v["value"] for k, v in data["cells"].items()}
+    dense = item_scores(cells, f"{s['ratio']:.0%}", "dense", s["tasks"])
+    if dense is None:
+        return None
+    return [t for t in s["tasks"] if sum(dense[t]) / len(dense[t]) - CHANCE[t] > NEAR_CHANCE]
 
 
 def shares(data: dict[str, Any]) -> tuple[float | None, list[tuple[str, float, float | None]]]:
@@ -325,20 +339,30 @@ def verdict_text(paired) -> str:
 
 def summary_table(data: dict[str, Any]) -> list[str]:
     """The pairs as a Markdown table (also `run_all.py`'s)."""
+    informative = informative_tasks(data)
+    dropped = [t for t in data["settings"]["tasks"] if informative is not None and t not in informative]
+    without = f"without {', '.join(dropped)} (dense within {100 * NEAR_CHANCE:.0f} points of chance)"
     lines = [
-        "| pair | ours | peer | difference (paired stderr) | z | unpaired stderr | ours ahead? |",
-        "|---|---|---|---|---|---|---|",
+        "| pair | ours | peer | difference (paired stderr) | z | unpaired stderr | ours ahead? |"
+        + (f" {without}: difference (stderr), z |" if dropped else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if dropped else ""),
     ]
     for entry in pair_results(data):
         if "paired" not in entry:
-            lines.append(f"| {entry['label']} | not measured | | | | | |")
+            lines.append(f"| {entry['label']} | not measured | | | | | |" + (" |" if dropped else ""))
             continue
         paired = entry["paired"]
-        lines.append(
+        row = (
             f"| {entry['label']} | {100 * entry['ours']:.1f} | {100 * entry['peer']:.1f} | "
             f"{100 * paired.difference:+.1f} ({100 * paired.stderr:.1f}) | {paired.z_score():+.2f} | "
             f"{100 * entry['unpaired_stderr']:.1f} | {verdict_text(paired)} |"
         )
+        if "informative" in entry:
+            sub = entry["informative"][1]
+            row += (
+                f" {100 * sub.difference:+.1f} ({100 * sub.stderr:.1f}), {sub.z_score():+.2f}: {verdict_text(sub)} |"
+            )
+        lines.append(row)
     return lines
 
 
