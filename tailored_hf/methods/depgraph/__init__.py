@@ -83,18 +83,19 @@ def prune(
         plan = pruner.compute_plan(model, calibration, calibration_source=source)
         apply_plan(model, plan)
         return model, plan
-    return model, _prune_iteratively(model, config, calibration, source, progress)
+    return model, _prune_iteratively(model, pruner, calibration, source)
 
 
 def _prune_iteratively(
-    model: nn.Module, config: DepGraphConfig, calibration: torch.Tensor | None, source: str | None, progress: bool
+    model: nn.Module, pruner: DepGraphPruner, calibration: torch.Tensor | None, source: str | None
 ) -> PruningPlan:
-    """`config.iterative_steps` rounds of score -> plan -> apply on the shrinking model; the composed plan (relative
-    to the model as given) is returned, with the whole run's target and achieved sparsity in its metadata."""
+    """`pruner.config.iterative_steps` rounds of score -> plan -> apply on the shrinking model; the composed plan
+    (relative to the model as given) is returned, with the whole run's target and achieved sparsity in its metadata."""
+    config, progress = pruner.config, pruner.progress
     lm = A.unwrap_model(model)
     geometry = ModelGeometry.from_config(lm.config)
     # The whole run's target against the model as given (a round's own target would name a ratio the user never set).
-    DepGraphPruner(replace(config, iterative_steps=1), progress).check_feasible(geometry)
+    pruner.check_feasible(geometry)
     dense = geometry.num_parameters()
     steps, plan = config.iterative_steps, None
     for step in range(1, steps + 1):

@@ -132,16 +132,15 @@ class DepGraphPruner:
         )
         return plan
 
-    def check_feasible(self, geometry: ModelGeometry, target_sparsity: float | None = None) -> float:
-        """The maximum feasible ratio of `geometry`; raises a `ValueError` naming it when `target_sparsity` (default:
-        the config's) is above it."""
+    def check_feasible(self, geometry: ModelGeometry) -> float:
+        """The maximum feasible ratio of `geometry`; raises a `ValueError` naming it when the config's target is
+        above it."""
         cfg = self.config
-        target = cfg.target_sparsity if target_sparsity is None else target_sparsity
         max_ratio = self.max_feasible_sparsity(geometry)
-        if target > max_ratio + 1e-12:
+        if cfg.target_sparsity > max_ratio + 1e-12:
             start, end = cfg.resolved_layer_range(geometry.num_layers)
             raise ValueError(
-                f"target_sparsity={target} cannot be reached without emptying a layer: removing every "
+                f"target_sparsity={cfg.target_sparsity} cannot be reached without emptying a layer: removing every "
                 f"prunable unit of layers {start}..{end - 1} except one per unit type ({self._units_pruned()}) "
                 f"removes {max_ratio:.4f} of the parameters, so the maximum feasible ratio is {max_ratio:.4f}. "
                 "Lower target_sparsity, widen layer_range"
