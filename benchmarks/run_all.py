@@ -427,15 +427,13 @@ def paired_lines(paired: Sequence[dict[str, Any]]) -> list[str]:
     lines = []
     for number, data in enumerate(sorted(paired, key=lambda d: d["settings"]["ratio"]), start=1):
         ratio = data["settings"]["ratio"]
-        tag = f"{ratio:.0%}"
+        tag, settings = f"{ratio:.0%}", settings_text(data)
         lines += [
             f"### 4.{number} The {tag} gaps on more items, paired",
             "",
             f"The {tag} models above rebuilt (same seeds and settings; the linked file names any whose first 200 "
             "items score otherwise than the cells above) and scored again on more items, each item's "
-            "score kept, so ours and the peer are compared item by item: "
-            + settings_text(data)[0].lower()
-            + settings_text(data)[1:],
+            "score kept, so ours and the peer are compared item by item: " + settings[0].lower() + settings[1:],
             "",
             *summary_table(data),
             "",

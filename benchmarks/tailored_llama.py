@@ -87,6 +87,17 @@ PER_TASK_MODELS = "n/a (one adapter per task)"  # task-LoRA rows: no single mode
 logger = logging.getLogger("tailored_llama")
 
 
+def add_recovery_arguments(parser: argparse.ArgumentParser) -> None:
+    """The task-LoRA recovery settings (the paper's: K shots, r=8, lr 1e-4, 3 epochs) and the seed, shared by every
+    script whose cells are compared with these (they must agree for the comparison to hold)."""
+    parser.add_argument("--k", type=int, default=50, help="task shots (paper: 50)")
+    parser.add_argument("--lora-r", type=int, default=8)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -96,14 +107,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=200, help="validation items per task")
     parser.add_argument("--boolq-limit", type=int, default=100, help="BoolQ items (long passages)")
     parser.add_argument("--ppl-windows", type=int, default=40, help="WikiText-2 windows of 128 tokens")
-    parser.add_argument("--k", type=int, default=50, help="task shots (paper: 50)")
     parser.add_argument("--k-ablation", type=int, nargs="*", default=[10, 50, 200])
     parser.add_argument("--ablation-task", default="piqa")
-    parser.add_argument("--lora-r", type=int, default=8)
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--epochs", type=float, default=3.0)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    add_recovery_arguments(parser)
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--report-only", action="store_true", help="render the Markdown from the cached cells only")
     parser.add_argument(
@@ -120,6 +126,8 @@ class Bench:
     """Cached cells: `cell(key, fn)` runs `fn` once and stores its JSON result."""
 
     run_options: tuple[str, ...] = RUN_OPTIONS
+    #: Keep every item's primary-metric score in the cells (a `"0"`/`"1"` string per task), for paired comparisons.
+    keep_items: bool = False
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.load_cache(args)
@@ -157,8 +165,17 @@ class Bench:
         scores = {}
         for task in tasks:
             limit = self.args.boolq_limit if task == "boolq" else self.args.limit
-            result = evaluate_tasks(model, self.tokenizer, [task], data_dir=self.args.data_dir, limit=limit)[task]
+            result = evaluate_tasks(
+                model,
+                self.tokenizer,
+                [task],
+                data_dir=self.args.data_dir,
+                limit=limit,
+                keep_item_scores=self.keep_items,
+            )[task]
             scores[task] = {"score": result["primary"], "metric": result["primary_metric"], "n": result["n"]}
+            if self.keep_items:
+                scores[task]["items"] = "".join(str(int(score)) for score in result["item_scores"])
         ppl = token_perplexity(model, self.wikitext, max_windows=self.args.ppl_windows).perplexity
         return {"tasks": scores, "wikitext2_ppl": ppl}
 

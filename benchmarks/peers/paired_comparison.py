@@ -43,10 +43,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.append(str(ROOT / "benchmarks"))
 sys.path.append(str(ROOT / "benchmarks" / "peers"))
 
-from tailored_llama import CHANCE, NEAR_CHANCE, c4_lora  # noqa: E402
+from tailored_llama import CHANCE, NEAR_CHANCE, add_recovery_arguments, c4_lora  # noqa: E402
 from torch_pruning_peer import IMPORTANCES, PeerBench, best_importance, tp_version  # noqa: E402
 
-from tailored_hf.eval import COMMONSENSE_TASKS, evaluate_tasks, paired_mean_difference, token_perplexity  # noqa: E402
+from tailored_hf.eval import COMMONSENSE_TASKS, paired_mean_difference  # noqa: E402
 from tailored_hf.structure import count_parameters  # noqa: E402
 from tailored_hf.structure.plan import atomic_write_text  # noqa: E402
 
@@ -111,12 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=True,
         help="score the dense model on the same items (the share of dense each model keeps)",
     )
-    parser.add_argument("--k", type=int, default=50, help="task shots (paper: 50)")
-    parser.add_argument("--lora-r", type=int, default=8)
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--epochs", type=float, default=3.0)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    add_recovery_arguments(parser)
     parser.add_argument("--out", help=f"results path without suffix (default: {RESULTS.name}_<percent>)")
     parser.add_argument("--report-only", action="store_true", help="render the Markdown from the cached cells only")
     args = parser.parse_args(argv)
@@ -134,19 +129,7 @@ class PairedBench(PeerBench):
     """`PeerBench` whose evaluation keeps every item's score (as a `"0"`/`"1"` string per task)."""
 
     run_options = RUN_OPTIONS
-
-    def evaluate(self, model, tasks: list[str]) -> dict[str, Any]:
-        scores = {}
-        for task in tasks:
-            limit = self.args.boolq_limit if task == "boolq" else self.args.limit
-            result = evaluate_tasks(
-                model, self.tokenizer, [task], data_dir=self.args.data_dir, limit=limit, keep_item_scores=True
-            )[task]
-            items = "".join(str(int(score)) for score in result["item_scores"])
-            scores[task] = {"score": result["primary"], "metric": result["primary_metric"], "n": result["n"]}
-            scores[task]["items"] = items
-        ppl = token_perplexity(model, self.wikitext, max_windows=self.args.ppl_windows).perplexity
-        return {"tasks": scores, "wikitext2_ppl": ppl}
+    keep_items = True
 
     def peer_model(self) -> torch.nn.Module:
         """Torch-Pruning's model at the ratio, starting the ratio search at the committed cell's TP ratio."""

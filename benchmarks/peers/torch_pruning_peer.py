@@ -76,6 +76,7 @@ from tailored_llama import (  # noqa: E402
     EXTRA_CONFIGS,
     EXTRA_LABELS,
     Bench,
+    add_recovery_arguments,
     c4_budget_text,
     c4_lora,
     config_text,
@@ -131,12 +132,7 @@ def parse_args() -> argparse.Namespace:
         default=True,
         help="cells of the best importance after the C4 LoRA budget of our NutePrune row (no tune and task LoRA)",
     )
-    parser.add_argument("--k", type=int, default=50, help="task shots (paper: 50)")
-    parser.add_argument("--lora-r", type=int, default=8)
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--epochs", type=float, default=3.0)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    add_recovery_arguments(parser)
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--ours", default=str(OURS), help="tailored_llama.py's cached cells (read only)")
     parser.add_argument("--report-only", action="store_true", help="render the Markdown from the cached cells only")
