@@ -39,7 +39,7 @@ from tailored_llama import (
 from training_overhead import memory_key
 
 sys.path.append(str(Path(__file__).resolve().parent / "peers"))
-from paired_comparison import settings_text, shares, summary_table  # noqa: E402
+from paired_comparison import informative_tasks, settings_text, shares, summary_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -648,15 +648,24 @@ def paired_share_lines(paired: Sequence[dict[str, Any]]) -> list[str]:
         if dense is None or not rows or tag not in MOONSHOT:
             continue
         target = MOONSHOT[tag]
-        nuteprune_row = any(label.startswith("NutePrune") for label, _, _ in rows)
+        nuteprune_row = any(row[0].startswith("NutePrune") for row in rows)
+        informative = informative_tasks(data) or data["settings"]["tasks"]
+        dropped = [t for t in data["settings"]["tasks"] if t not in informative]
         kept = "; ".join(
-            f"{label} {pct(value)} = {share:.1%} ({'met' if share >= target else 'NOT met'})"
-            for label, value, share in rows
+            f"{label} {pct(value)} = {share:.1%} ({'met' if share >= target else 'NOT met'}"
+            + ("" if sub is None else f"; without {', '.join(dropped)} {sub:.1%}")
+            + ")"
+            for label, value, share, sub in rows
         )
         lines.append(
             f"- On the larger item sets of section 4.{number} ({tag}, `benchmarks/results/paired_comparison_"
             f"{round(100 * data['settings']['ratio'])}.md`; dense {pct(dense)} there"
             + ("; its NutePrune model is a rebuild, checked against this table's there" if nuteprune_row else "")
+            + (
+                f"; {', '.join(dropped)}: dense within {100 * NEAR_CHANCE:.0f} points of chance there"
+                if dropped
+                else ""
+            )
             + f"), target >= {target:.0%}: {kept}."
         )
     return lines + ([""] if lines else [])

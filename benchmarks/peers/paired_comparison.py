@@ -13,6 +13,9 @@ Pairs, ours vs the peer after the same training budget:
 - "C4 LoRA": NutePrune's L0 masks trained with their C4 LoRA (`tailored_llama`'s "l0" configuration) vs
   Torch-Pruning + the same C4 LoRA (`tailored_llama.c4_lora`), no task tuning.
 - "C4 + task LoRA": those two models, each + the task LoRA.
+- "pass + C4 LoRA" / "pass + C4 + task LoRA": our pass (the paper's configuration) + the same C4 LoRA, merged
+  (`tailored_llama`'s "c4" configuration), vs the same peer, without and with the task LoRA: the dependency-group
+  pass at the C4 budget.
 
 Every model is rebuilt deterministically (same calibration, seeds and settings as the committed cells), so the mean
 over the first 200 items (BoolQ 100) of each cell is checked against the committed 200-item cell of
@@ -59,7 +62,15 @@ PEER = ROOT / "benchmarks" / "results" / "torch_pruning.json"
 PAIRS: dict[str, tuple[str, str, str]] = {
     "task_lora": ("ours/task", "tp-{imp}/task", "our pass + task LoRA vs Torch-Pruning ({imp}) + task LoRA"),
     "c4_lora": ("l0/pruned", "tp-{imp}-c4/pruned", "NutePrune L0 + its C4 LoRA vs Torch-Pruning ({imp}) + C4 LoRA"),
-    "c4_task_lora": ("l0/task", "tp-{imp}-c4/task", "the C4 pair, each + task LoRA"),
+    "c4_task_lora": ("l0/task", "tp-{imp}-c4/task", "NutePrune L0 + C4 LoRA vs the same peer, each + task LoRA"),
+    "pass_c4_lora": ("c4/pruned", "tp-{imp}-c4/pruned", "our pass + C4 LoRA vs Torch-Pruning ({imp}) + C4 LoRA"),
+    "pass_c4_task_lora": ("c4/task", "tp-{imp}-c4/task", "our pass + C4 LoRA vs the same peer, each + task LoRA"),
+}
+#: Our models trained on the C4 budget (cell prefix -> `Bench.pruned` overrides, as `tailored_llama.EXTRA_CONFIGS`),
+#: with the pairs that need them untuned / + task LoRA; every such pair's peer is Torch-Pruning + the same C4 LoRA.
+C4_MODELS: dict[str, tuple[dict[str, Any], str, str]] = {
+    "l0": ({"method": "nuteprune", "distillation": "none"}, "c4_lora", "c4_task_lora"),
+    "c4": ({"generic_lora": "c4"}, "pass_c4_lora", "pass_c4_task_lora"),
 }
 #: Where each of our / the peer's cells was first measured on 200 items: (file, cell key with `{tag}`, `{imp}`).
 COMMITTED = {
@@ -67,6 +78,8 @@ COMMITTED = {
     "ours/task": (OURS, "{tag}/task"),
     "l0/pruned": (OURS, "{tag}/l0/pruned"),
     "l0/task": (OURS, "{tag}/l0/task"),
+    "c4/pruned": (OURS, "{tag}/c4/pruned"),
+    "c4/task": (OURS, "{tag}/c4/task"),
     "tp-{imp}/task": (PEER, "{tag}/{imp}/task"),
     "tp-{imp}-c4/pruned": (PEER, "{tag}/{imp}/c4/pruned"),
     "tp-{imp}-c4/task": (PEER, "{tag}/{imp}/c4/task"),
@@ -84,6 +97,8 @@ SHARE_ROWS = (
     ("tp-{imp}-c4/pruned", "Torch-Pruning ({imp}) + C4 LoRA"),
     ("l0/task", "NutePrune L0 + its C4 LoRA + task LoRA"),
     ("tp-{imp}-c4/task", "Torch-Pruning ({imp}) + C4 LoRA + task LoRA"),
+    ("c4/pruned", "our pass + C4 LoRA"),
+    ("c4/task", "our pass + C4 LoRA + task LoRA"),
 )
 
 logger = logging.getLogger("paired_comparison")
@@ -187,22 +202,26 @@ def main() -> None:
             model = bench.peer_model()
             bench.tuned_cells(model, f"tp-{imp}/task")
             del model
-    if "c4_lora" in args.pairs or "c4_task_lora" in args.pairs:
-        tuned = "c4_task_lora" in args.pairs
-        if bench.missing("l0/pruned", *(["l0/task"] if tuned else [])):
-            model, _ = bench.pruned(args.ratio, method="nuteprune", distillation="none")
-            bench.record_params("l0", model)
-            bench.cell(f"{bench.tag}/l0/pruned", lambda model=model: bench.evaluate(model, args.tasks))
+    peer_tuned = None  # whether any C4 pair needs the peer + C4 LoRA + task LoRA (None: no C4 pair asked for)
+    for name, (overrides, untuned_pair, tuned_pair) in C4_MODELS.items():
+        if untuned_pair not in args.pairs and tuned_pair not in args.pairs:
+            continue
+        tuned = tuned_pair in args.pairs
+        peer_tuned = bool(peer_tuned) or tuned
+        if bench.missing(f"{name}/pruned", *([f"{name}/task"] if tuned else [])):
+            model, _ = bench.pruned(args.ratio, **overrides)
+            bench.record_params(name, model)
+            bench.cell(f"{bench.tag}/{name}/pruned", lambda model=model: bench.evaluate(model, args.tasks))
             if tuned:
-                bench.tuned_cells(model, "l0/task")
+                bench.tuned_cells(model, f"{name}/task")
             del model
-        peer = f"tp-{imp}-c4"
-        if bench.missing(f"{peer}/pruned", *([f"{peer}/task"] if tuned else [])):
-            model = c4_lora(bench.peer_model(), bench.tokenizer, args)
-            bench.cell(f"{bench.tag}/{peer}/pruned", lambda model=model: bench.evaluate(model, args.tasks))
-            if tuned:
-                bench.tuned_cells(model, f"{peer}/task")
-            del model
+    peer = f"tp-{imp}-c4"
+    if peer_tuned is not None and bench.missing(f"{peer}/pruned", *([f"{peer}/task"] if peer_tuned else [])):
+        model = c4_lora(bench.peer_model(), bench.tokenizer, args)
+        bench.cell(f"{bench.tag}/{peer}/pruned", lambda model=model: bench.evaluate(model, args.tasks))
+        if peer_tuned:
+            bench.tuned_cells(model, f"{peer}/task")
+        del model
     if args.dense:
         bench.cell("dense", lambda: bench.evaluate(bench.model, args.tasks))
     bench.data["environment"] = {"torch_pruning": tp_version(), "torch": torch.__version__}
@@ -294,23 +313,32 @@ def informative_tasks(data: dict[str, Any]) -> list[str] | None:
     return [t for t in s["tasks"] if sum(dense[t]) / len(dense[t]) - CHANCE[t] > NEAR_CHANCE]
 
 
-def shares(data: dict[str, Any]) -> tuple[float | None, list[tuple[str, float, float | None]]]:
+def shares(data: dict[str, Any]) -> tuple[float | None, list[tuple[str, float, float | None, float | None]]]:
     """The dense 7-task mean on these items (None when not scored) and, per measured model of `SHARE_ROWS`, its label,
-    7-task mean and share of the dense mean."""
+    7-task mean, share of the dense mean, and share of the dense mean over `informative_tasks` only (None without a
+    dense cell, or when every task is informative)."""
     s = data["settings"]
     tasks, tag, imp = s["tasks"], f"{s['ratio']:.0%}", s["importance"]
     cells = {k: v["value"] for k, v in data["cells"].items()}
+    informative = informative_tasks(data)
+    informative = informative if informative and len(informative) < len(tasks) else None
 
-    def mean_of(prefix: str) -> float | None:
+    def mean_of(prefix: str, subset: list[str]) -> float | None:
         scores = item_scores(cells, tag, prefix, tasks)
-        return None if scores is None else sum(sum(v) / len(v) for v in scores.values()) / len(tasks)
+        return None if scores is None else sum(sum(scores[t]) / len(scores[t]) for t in subset) / len(subset)
 
-    dense = mean_of("dense")
+    dense = mean_of("dense", tasks)
+    dense_informative = mean_of("dense", informative) if informative else None
     rows = []
     for prefix, label in SHARE_ROWS:
-        value = mean_of(prefix.format(imp=imp))
-        if value is not None:
-            rows.append((label.format(imp=imp), value, None if dense is None else value / dense))
+        value = mean_of(prefix.format(imp=imp), tasks)
+        if value is None:
+            continue
+        share = None if dense is None else value / dense
+        share_informative = None
+        if dense_informative:
+            share_informative = mean_of(prefix.format(imp=imp), informative) / dense_informative
+        rows.append((label.format(imp=imp), value, share, share_informative))
     return dense, rows
 
 
@@ -407,21 +435,33 @@ def render(data: dict[str, Any]) -> str:
     dense, share_rows = shares(data)
     if share_rows:
         dense_text = "not scored" if dense is None else f"{100 * dense:.1f}"
+        informative = informative_tasks(data) or []
+        split = any(row[3] is not None for row in share_rows)
         lines += ["", f"Share of the dense 7-task mean on the same items (dense: {dense_text}):", ""]
-        lines += ["| model | 7-task mean | share of dense |", "|---|---|---|"]
+        lines += [
+            "| model | 7-task mean | share of dense |"
+            + (
+                f" share of dense on {', '.join(informative)} (dense beats chance by more than "
+                f"{100 * NEAR_CHANCE:.0f} points) |"
+                if split
+                else ""
+            ),
+            "|---|---|---|" + ("---|" if split else ""),
+        ]
         lines += [
             f"| {label} | {100 * value:.1f} | {'—' if share is None else f'{100 * share:.1f}%'} |"
-            for label, value, share in share_rows
+            + (f" {'—' if sub is None else f'{100 * sub:.1f}%'} |" if split else "")
+            for label, value, share, sub in share_rows
         ]
     ppl_rows = [
         f"| {prefix.format(imp=imp)} | {cells[f'{tag}/{prefix.format(imp=imp)}']['wikitext2_ppl']:.1f} |"
-        for prefix in ("l0/pruned", "tp-{imp}-c4/pruned")
+        for prefix in ("l0/pruned", "c4/pruned", "tp-{imp}-c4/pruned")
         if f"{tag}/{prefix.format(imp=imp)}" in cells
     ]
     if ppl_rows:
         lines += [
             "",
-            "WikiText-2 perplexity (40 windows of 128 tokens) of the C4 pair:",
+            "WikiText-2 perplexity (40 windows of 128 tokens) of the models trained on the C4 budget:",
             "",
             "| model | ppl |",
             "|---|---|",
