@@ -15,7 +15,8 @@ Pairs, ours vs the peer after the same training budget:
 - "C4 + task LoRA": those two models, each + the task LoRA.
 - "pass + C4 LoRA" / "pass + C4 + task LoRA": our pass (the paper's configuration) + the same C4 LoRA, merged
   (`tailored_llama`'s "c4" configuration), vs the same peer, without and with the task LoRA: the dependency-group
-  pass at the C4 budget.
+  pass at the C4 budget; "iterative + C4 LoRA" / "iterative + C4 + task LoRA": the same with global ranking in 5
+  iterative rounds (`tailored_llama`'s "iterative_c4", picked by `c4_budget_configs.py` on perplexity only).
 
 Every model is rebuilt deterministically (same calibration, seeds and settings as the committed cells), so the mean
 over the first 200 items (BoolQ 100) of each cell is checked against the committed 200-item cell of
@@ -46,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.append(str(ROOT / "benchmarks"))
 sys.path.append(str(ROOT / "benchmarks" / "peers"))
 
-from tailored_llama import CHANCE, NEAR_CHANCE, add_recovery_arguments, c4_lora  # noqa: E402
+from tailored_llama import CHANCE, EXTRA_CONFIGS, NEAR_CHANCE, add_recovery_arguments, c4_lora  # noqa: E402
 from torch_pruning_peer import IMPORTANCES, PeerBench, best_importance, tp_version  # noqa: E402
 
 from tailored_hf.eval import COMMONSENSE_TASKS, paired_mean_difference  # noqa: E402
@@ -58,32 +59,37 @@ DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results" / "paired_comparison"
 OURS = ROOT / "benchmarks" / "results" / "tailored_llama.json"
 PEER = ROOT / "benchmarks" / "results" / "torch_pruning.json"
+#: Our models trained on the C4 budget: cell prefix -> (`Bench.pruned` overrides as `tailored_llama.EXTRA_CONFIGS`,
+#: label, names of their pairs untuned / + task LoRA); every such pair's peer is Torch-Pruning + the same C4 LoRA.
+C4_MODELS: dict[str, tuple[dict[str, Any], str, str, str]] = {
+    "l0": (EXTRA_CONFIGS["l0"], "NutePrune L0 + its C4 LoRA", "c4_lora", "c4_task_lora"),
+    "c4": (EXTRA_CONFIGS["c4"], "our pass + C4 LoRA", "pass_c4_lora", "pass_c4_task_lora"),
+    "iterative_c4": (
+        EXTRA_CONFIGS["iterative_c4"],
+        "our pass (global ranking, 5 iterative rounds) + C4 LoRA",
+        "iterative_c4_lora",
+        "iterative_c4_task_lora",
+    ),
+}
 #: Pair name -> (our cell prefix, peer cell prefix, label); `{imp}` is the peer's importance.
 PAIRS: dict[str, tuple[str, str, str]] = {
-    "task_lora": ("ours/task", "tp-{imp}/task", "our pass + task LoRA vs Torch-Pruning ({imp}) + task LoRA"),
-    "c4_lora": ("l0/pruned", "tp-{imp}-c4/pruned", "NutePrune L0 + its C4 LoRA vs Torch-Pruning ({imp}) + C4 LoRA"),
-    "c4_task_lora": ("l0/task", "tp-{imp}-c4/task", "NutePrune L0 + C4 LoRA vs the same peer, each + task LoRA"),
-    "pass_c4_lora": ("c4/pruned", "tp-{imp}-c4/pruned", "our pass + C4 LoRA vs Torch-Pruning ({imp}) + C4 LoRA"),
-    "pass_c4_task_lora": ("c4/task", "tp-{imp}-c4/task", "our pass + C4 LoRA vs the same peer, each + task LoRA"),
-}
-#: Our models trained on the C4 budget (cell prefix -> `Bench.pruned` overrides, as `tailored_llama.EXTRA_CONFIGS`),
-#: with the pairs that need them untuned / + task LoRA; every such pair's peer is Torch-Pruning + the same C4 LoRA.
-C4_MODELS: dict[str, tuple[dict[str, Any], str, str]] = {
-    "l0": ({"method": "nuteprune", "distillation": "none"}, "c4_lora", "c4_task_lora"),
-    "c4": ({"generic_lora": "c4"}, "pass_c4_lora", "pass_c4_task_lora"),
+    "task_lora": ("ours/task", "tp-{imp}/task", "our pass + task LoRA vs Torch-Pruning ({imp}) + task LoRA")
+} | {
+    pair: (f"{name}/{kind}", f"tp-{{imp}}-c4/{kind}", text)
+    for name, (_, label, untuned, tuned) in C4_MODELS.items()
+    for pair, kind, text in (
+        (untuned, "pruned", f"{label} vs Torch-Pruning ({{imp}}) + C4 LoRA"),
+        (tuned, "task", f"{label} vs the same peer, each + task LoRA"),
+    )
 }
 #: Where each of our / the peer's cells was first measured on 200 items: (file, cell key with `{tag}`, `{imp}`).
 COMMITTED = {
     "dense": (OURS, "dense"),
     "ours/task": (OURS, "{tag}/task"),
-    "l0/pruned": (OURS, "{tag}/l0/pruned"),
-    "l0/task": (OURS, "{tag}/l0/task"),
-    "c4/pruned": (OURS, "{tag}/c4/pruned"),
-    "c4/task": (OURS, "{tag}/c4/task"),
     "tp-{imp}/task": (PEER, "{tag}/{imp}/task"),
     "tp-{imp}-c4/pruned": (PEER, "{tag}/{imp}/c4/pruned"),
     "tp-{imp}-c4/task": (PEER, "{tag}/{imp}/c4/task"),
-}
+} | {f"{name}/{kind}": (OURS, f"{{tag}}/{name}/{kind}") for name in C4_MODELS for kind in ("pruned", "task")}
 #: Items per task of the committed cells (BoolQ: its own limit).
 COMMITTED_LIMIT, COMMITTED_BOOLQ_LIMIT = 200, 100
 #: |z| at which a paired difference counts as resolved (about 95% two-sided).
@@ -93,12 +99,12 @@ RUN_OPTIONS = ("out", "report_only", "pairs", "dense")
 SHARE_ROWS = (
     ("ours/task", "our pass + task LoRA"),
     ("tp-{imp}/task", "Torch-Pruning ({imp}) + task LoRA"),
-    ("l0/pruned", "NutePrune L0 + its C4 LoRA"),
     ("tp-{imp}-c4/pruned", "Torch-Pruning ({imp}) + C4 LoRA"),
-    ("l0/task", "NutePrune L0 + its C4 LoRA + task LoRA"),
     ("tp-{imp}-c4/task", "Torch-Pruning ({imp}) + C4 LoRA + task LoRA"),
-    ("c4/pruned", "our pass + C4 LoRA"),
-    ("c4/task", "our pass + C4 LoRA + task LoRA"),
+) + tuple(
+    row
+    for name, (_, label, _, _) in C4_MODELS.items()
+    for row in ((f"{name}/pruned", label), (f"{name}/task", f"{label} + task LoRA"))
 )
 
 logger = logging.getLogger("paired_comparison")
@@ -203,7 +209,7 @@ def main() -> None:
             bench.tuned_cells(model, f"tp-{imp}/task")
             del model
     peer_tuned = None  # whether any C4 pair needs the peer + C4 LoRA + task LoRA (None: no C4 pair asked for)
-    for name, (overrides, untuned_pair, tuned_pair) in C4_MODELS.items():
+    for name, (overrides, _, untuned_pair, tuned_pair) in C4_MODELS.items():
         if untuned_pair not in args.pairs and tuned_pair not in args.pairs:
             continue
         tuned = tuned_pair in args.pairs
@@ -455,7 +461,7 @@ def render(data: dict[str, Any]) -> str:
         ]
     ppl_rows = [
         f"| {prefix.format(imp=imp)} | {cells[f'{tag}/{prefix.format(imp=imp)}']['wikitext2_ppl']:.1f} |"
-        for prefix in ("l0/pruned", "c4/pruned", "tp-{imp}-c4/pruned")
+        for prefix in (*(f"{name}/pruned" for name in C4_MODELS), "tp-{imp}-c4/pruned")
         if f"{tag}/{prefix.format(imp=imp)}" in cells
     ]
     if ppl_rows:
