@@ -59,20 +59,23 @@ NEAR_CHANCE = 0.02
 #: paper's pass followed by a LoRA of the same C4 budget and settings, merged (no masks): the control that tells the L0
 #: masks' gain from that of the training they come with. "iterative": global ranking in 5 rounds that score the partly
 #: pruned model again (LLM-Pruner's iterative pruning), the best 50% perplexity of `depgraph_configs.py`'s sweep without
-#: hidden channels (chosen on perplexity only, before any task was scored).
+#: hidden channels (chosen on perplexity only, before any task was scored). "iterative_c4": "iterative" + the same C4
+#: LoRA as "c4", the lowest held-out C4 perplexity at 50% of `c4_budget_configs.py`'s sweep (perplexity only).
 EXTRA_CONFIGS: dict[str, dict[str, Any]] = {
     "c4": {"generic_lora": "c4"},
     "hidden": {"prune_hidden": True},
     "iterative": {"global_ranking": True, "iterative_steps": 5},
+    "iterative_c4": {"global_ranking": True, "iterative_steps": 5, "generic_lora": "c4"},
     "l0": {"method": "nuteprune", "distillation": "none"},
 }
 #: The configurations whose "no tune" row already carries the C4 LoRA budget of `NUTEPRUNE_ARGS`: compared with a
 #: peer after the same C4 LoRA, not with a peer left untrained.
-C4_BUDGET_CONFIGS = ("c4", "l0")
+C4_BUDGET_CONFIGS = ("c4", "iterative_c4", "l0")
 EXTRA_LABELS = {
     "c4": "our pass + the L0 row's C4 LoRA, merged",
     "hidden": "hidden channels pruned too",
     "iterative": "global ranking, 5 iterative rounds",
+    "iterative_c4": "global ranking, 5 iterative rounds, + the L0 row's C4 LoRA, merged",
     "l0": "NutePrune L0 masks, no KD, their C4 LoRA merged",
 }
 #: `benchmarks/nuteprune.py`'s committed CPU-scale quality setting (64,000 C4 tokens in 500 steps).
