@@ -648,7 +648,6 @@ def paired_share_lines(paired: Sequence[dict[str, Any]]) -> list[str]:
         if dense is None or not rows or tag not in MOONSHOT:
             continue
         target = MOONSHOT[tag]
-        nuteprune_row = any(row[0].startswith("NutePrune") for row in rows)
         informative = informative_tasks(data) or data["settings"]["tasks"]
         dropped = [t for t in data["settings"]["tasks"] if t not in informative]
         kept = "; ".join(
@@ -660,7 +659,7 @@ def paired_share_lines(paired: Sequence[dict[str, Any]]) -> list[str]:
         lines.append(
             f"- On the larger item sets of section 4.{number} ({tag}, `benchmarks/results/paired_comparison_"
             f"{round(100 * data['settings']['ratio'])}.md`; dense {pct(dense)} there"
-            + ("; its NutePrune model is a rebuild, checked against this table's there" if nuteprune_row else "")
+            + "; every model rebuilt, checked there against this table's cells"
             + (
                 f"; {', '.join(dropped)}: dense within {100 * NEAR_CHANCE:.0f} points of chance there"
                 if dropped
