@@ -28,10 +28,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT / "benchmarks"))
 
-from l0_controller import heldout_c4  # noqa: E402
+from l0_controller import heldout_c4, perplexities  # noqa: E402
 from tailored_llama import EXTRA_CONFIGS, Bench, add_recovery_arguments, c4_budget_text, nuteprune_args  # noqa: E402
 
-from tailored_hf.eval import token_perplexity  # noqa: E402
 from tailored_hf.structure import count_parameters  # noqa: E402
 from tailored_hf.structure.plan import atomic_write_text  # noqa: E402
 
@@ -102,15 +101,6 @@ def main() -> None:
     atomic_write_text(path, json.dumps(data, indent=1))
     atomic_write_text(Path(args.out + ".md"), render(data))
     print(render(data))
-
-
-def perplexities(model, heldout, wikitext, args: argparse.Namespace) -> dict[str, float]:
-    """Held-out C4 and WikiText-2 perplexity of `model`."""
-    model.eval()
-    return {
-        "heldout_c4_ppl": token_perplexity(model, heldout, max_windows=args.heldout_windows).perplexity,
-        "wikitext2_ppl": token_perplexity(model, wikitext, max_windows=args.ppl_windows).perplexity,
-    }
 
 
 def render(data: dict[str, Any]) -> str:

@@ -33,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT / "benchmarks"))
 
-from tailored_llama import nuteprune_args  # noqa: E402
+from tailored_llama import nuteprune_args, wikitext_ids  # noqa: E402
 
 from tailored_hf.structure.plan import atomic_write_text  # noqa: E402
 
@@ -87,12 +87,23 @@ def heldout_c4(tokenizer, args: argparse.Namespace, train_args: argparse.Namespa
     return windows.flatten()
 
 
-def run_setting(lambda_lr: float, mask_lr: float, args: argparse.Namespace, heldout: torch.Tensor) -> dict[str, Any]:
+def perplexities(model, heldout: torch.Tensor, wikitext: torch.Tensor, args: argparse.Namespace) -> dict[str, float]:
+    """Held-out C4 (`--heldout-windows`) and WikiText-2 (`--ppl-windows`) perplexity of `model`, windows of 128."""
+    from tailored_hf.eval import token_perplexity
+
+    model.eval()
+    return {
+        "heldout_c4_ppl": token_perplexity(model, heldout, max_windows=args.heldout_windows).perplexity,
+        "wikitext2_ppl": token_perplexity(model, wikitext, max_windows=args.ppl_windows).perplexity,
+    }
+
+
+def run_setting(
+    lambda_lr: float, mask_lr: float, args: argparse.Namespace, heldout: torch.Tensor, wikitext: torch.Tensor
+) -> dict[str, Any]:
     import nuteprune
 
     from tailored_hf import PrunerCallback, load_model
-    from tailored_hf.eval import llm_pruner_perplexity
-    from tailored_hf.eval.perplexity import token_perplexity
     from tailored_hf.methods.l0 import L0Config
     from tailored_hf.structure import count_parameters
 
@@ -104,10 +115,6 @@ def run_setting(lambda_lr: float, mask_lr: float, args: argparse.Namespace, held
     )
     tag = f"controller_{lambda_lr:g}_{mask_lr:g}"
     merged, info = nuteprune.train_lora(model, tokenizer, train_args, [PrunerCallback(config)], tag)
-    merged.eval()
-    seq_len = train_args.seq_len
-    c4 = token_perplexity(merged, heldout, seq_len=seq_len, batch_size=8, max_windows=args.heldout_windows)
-    wikitext = llm_pruner_perplexity(merged, tokenizer, args.data_dir, ("wikitext2",), max_windows=args.ppl_windows)
     s_hat = {e["step"]: e["pruning/s_hat"] for e in info["log"] if "pruning/s_hat" in e}
     target_t = {e["step"]: e["pruning/target_t"] for e in info["log"] if "pruning/target_t" in e}
     return {
@@ -119,8 +126,7 @@ def run_setting(lambda_lr: float, mask_lr: float, args: argparse.Namespace, held
         "reached_at": next(
             (step for step, value in sorted(s_hat.items()) if value >= args.ratio - config.target_tolerance), None
         ),
-        "heldout_c4_ppl": c4.perplexity,
-        "wikitext2_ppl": wikitext["wikitext2"].perplexity,
+        **perplexities(merged, heldout, wikitext, args),
         "train_seconds": info["train_seconds"],
     }
 
@@ -141,13 +147,13 @@ def main() -> None:
     from tailored_hf import load_model
 
     _, tokenizer = load_model(args.model)
-    heldout = heldout_c4(tokenizer, args, nuteprune_args(args))
+    heldout, wikitext = heldout_c4(tokenizer, args, nuteprune_args(args)), wikitext_ids(tokenizer, args.data_dir)
     for setting in args.settings:
         if setting in data["runs"]:
             continue
         lambda_lr, mask_lr = (float(x) for x in setting.split(":"))
         start = time.perf_counter()
-        data["runs"][setting] = run_setting(lambda_lr, mask_lr, args, heldout)
+        data["runs"][setting] = run_setting(lambda_lr, mask_lr, args, heldout, wikitext)
         logger.info("%s done in %.0fs", setting, time.perf_counter() - start)
         atomic_write_text(path, json.dumps(data, indent=1))
     atomic_write_text(Path(args.out + ".md"), render(data))

@@ -135,9 +135,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.load_cache(args)
         self.model, self.tokenizer = load_model(args.model)
-        self.wikitext = self.tokenizer(
-            load_lm_text("wikitext2", data_dir=args.data_dir), return_tensors="pt"
-        ).input_ids[0]
+        self.wikitext = wikitext_ids(self.tokenizer, args.data_dir)
 
     def load_cache(self, args: argparse.Namespace) -> None:
         """Reuses `<out>.json`'s cells when its settings equal this run's (run-only options aside)."""
@@ -460,6 +458,11 @@ def render(data: dict[str, Any]) -> str:
         f"Total cell time: {timing / 60:.1f} min. Reproduce: `.venv/bin/python benchmarks/tailored_llama.py`."
     )
     return "\n".join(lines) + "\n"
+
+
+def wikitext_ids(tokenizer, data_dir: str) -> torch.Tensor:
+    """WikiText-2 as one token stream, tokenized as LLM-Pruner does (the perplexity protocol of every cell)."""
+    return tokenizer(load_lm_text("wikitext2", data_dir=data_dir), return_tensors="pt").input_ids[0]
 
 
 def nuteprune_args(args: argparse.Namespace) -> argparse.Namespace:
