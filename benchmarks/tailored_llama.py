@@ -224,15 +224,18 @@ class Bench:
 
     def pruned(self, ratio: float, **overrides: Any):
         """A pruned copy of the dense model at `ratio` and its plan; `overrides` change the paper's configuration
-        (`method="nuteprune"`: NutePrune's L0 masks instead of our pass)."""
+        (`method="nuteprune"`: NutePrune's L0 masks instead of our pass; `generic_lora="c4"`: + the C4 LoRA;
+        `c4_steps`: that C4 training for this many steps instead of `NUTEPRUNE_ARGS`' 500)."""
+        c4_steps = overrides.get("c4_steps")
+        budget = "" if c4_steps is None else f"-c4_steps={c4_steps}"
         if overrides.get("method") == "nuteprune":
-            return self.nuteprune_pruned(ratio, overrides["distillation"])
+            return self.nuteprune_pruned(ratio, overrides["distillation"], c4_steps)
         if overrides.get("generic_lora") == "c4":
-            rest = {k: v for k, v in overrides.items() if k != "generic_lora"}
+            rest = {k: v for k, v in overrides.items() if k not in ("generic_lora", "c4_steps")}
             name = "".join(f"-{k}={v}" for k, v in sorted(rest.items()))
             return self.cached_model(
-                f"depgraph{name}-c4lora-{ratio}-seed{self.args.seed}",
-                lambda: c4_lora(self.pruned(ratio, **rest)[0], self.tokenizer, self.args),
+                f"depgraph{name}-c4lora{budget}-{ratio}-seed{self.args.seed}",
+                lambda: c4_lora(self.pruned(ratio, **rest)[0], self.tokenizer, self.args, c4_steps),
             )
         config = DepGraphConfig(target_sparsity=ratio, seed=self.args.seed, **overrides)
         calibration = calibration_for(config, self.tokenizer, data_dir=self.args.data_dir)
@@ -240,17 +243,19 @@ class Bench:
         _, plan = prune(model, config, calibration=calibration)
         return model, plan
 
-    def nuteprune_pruned(self, ratio: float, distillation: str):
-        """NutePrune at `ratio` (`benchmarks/nuteprune.py`'s `train_variant` at `NUTEPRUNE_ARGS`)."""
+    def nuteprune_pruned(self, ratio: float, distillation: str, c4_steps: int | None = None):
+        """NutePrune at `ratio` (`benchmarks/nuteprune.py`'s `train_variant` at `NUTEPRUNE_ARGS`, or with `c4_steps`
+        training steps instead of its 500)."""
 
         def train() -> torch.nn.Module:
             import nuteprune
 
-            merged, _, info = nuteprune.train_variant(distillation, ratio, nuteprune_args(self.args))
+            merged, _, info = nuteprune.train_variant(distillation, ratio, nuteprune_args(self.args, c4_steps))
             logger.info("NutePrune %s at %.0f%%: %.1f%% removed", distillation, 100 * ratio, 100 * info["sparsity"])
             return merged
 
-        return self.cached_model(f"nuteprune-{distillation}-{ratio}-seed{self.args.seed}", train)
+        budget = "" if c4_steps is None else f"-c4_steps={c4_steps}"
+        return self.cached_model(f"nuteprune-{distillation}{budget}-{ratio}-seed{self.args.seed}", train)
 
     def cached_model(self, name: str, build: Callable[[], torch.nn.Module]):
         """The pruned model `build()` makes (those that take training), saved under `MODEL_CACHE / name` on first
@@ -465,11 +470,14 @@ def wikitext_ids(tokenizer, data_dir: str) -> torch.Tensor:
     return tokenizer(load_lm_text("wikitext2", data_dir=data_dir), return_tensors="pt").input_ids[0]
 
 
-def nuteprune_args(args: argparse.Namespace) -> argparse.Namespace:
-    """`benchmarks/nuteprune.py`'s arguments at `NUTEPRUNE_ARGS` for this run's model, data and seed."""
+def nuteprune_args(args: argparse.Namespace, c4_steps: int | None = None) -> argparse.Namespace:
+    """`benchmarks/nuteprune.py`'s arguments at `NUTEPRUNE_ARGS` for this run's model, data and seed (with `c4_steps`
+    training steps instead of its 500 when given: a larger budget of the same windows, rank, targets and rate)."""
     import nuteprune
 
     argv = [*NUTEPRUNE_ARGS, "--model", args.model, "--data-dir", args.data_dir, "--seed", str(args.seed)]
+    if c4_steps is not None:
+        argv += ["--steps", str(c4_steps)]
     return nuteprune.parse_args(argv)
 
 
@@ -484,12 +492,14 @@ def c4_budget_text() -> str:
     )
 
 
-def c4_lora(model: torch.nn.Module, tokenizer, args: argparse.Namespace) -> torch.nn.Module:
+def c4_lora(
+    model: torch.nn.Module, tokenizer, args: argparse.Namespace, c4_steps: int | None = None
+) -> torch.nn.Module:
     """`model` (already pruned) after the LoRA that the "l0" configuration trains with its masks: the same C4
-    windows, steps, rank, targets and learning rate (`NUTEPRUNE_ARGS`), merged into the weights."""
+    windows, steps (or `c4_steps`), rank, targets and learning rate (`NUTEPRUNE_ARGS`), merged into the weights."""
     import nuteprune
 
-    settings = nuteprune_args(args)
+    settings = nuteprune_args(args, c4_steps)
     merged, info = nuteprune.train_lora(model, tokenizer, settings, [], "c4_lora")
     logger.info("C4 LoRA: %d steps in %.0fs", settings.steps, info["train_seconds"])
     return merged

@@ -7,6 +7,7 @@ each item's score, and reports the paired difference of the 7-task means (`tailo
 per-item differences on the same items, so the items' shared difficulty cancels) with its standard error.
 
 Pairs, ours vs the peer after the same training budget:
+- "no tune": our pass (the paper's configuration) vs Torch-Pruning with `--importance`, neither trained.
 - "task LoRA": our pass (the paper's configuration) vs Torch-Pruning with `--importance` (by default the importance
   the peer table tunes at that ratio), each + the task-specific LoRA (K=50, one adapter per task,
   `tailored_llama.Bench.tune`).
@@ -18,6 +19,11 @@ Pairs, ours vs the peer after the same training budget:
   pass at the C4 budget. (`tailored_llama`'s "iterative_c4", picked by `c4_budget_configs.py` on perplexity, is not
   paired: on the 200-item cells at 50% it trails the L0 model before and after the task LoRA, 34.8 / 36.1 vs
   37.3 / 38.3.)
+- "long C4 LoRA" / "long C4 + task LoRA": NutePrune's L0 masks trained with their C4 LoRA for `LONG_C4_STEPS` steps
+  instead of 500 vs Torch-Pruning + that same longer C4 LoRA: does a larger generic budget (the moonshot sets none)
+  change the share of dense kept, and the gap to the peer? Their dense control, the dense model + that C4 LoRA (+ the
+  task LoRA), is scored with `--dense` (for the 500-step budget too), as "dense + same tune" rows of the share table.
+  These models have no 200-item cells to check against.
 
 Every model is rebuilt deterministically (same calibration, seeds and settings as the committed cells), so the mean
 over the first 200 items (BoolQ 100) of each cell is checked against the committed 200-item cell of
@@ -25,7 +31,7 @@ over the first 200 items (BoolQ 100) of each cell is checked against the committ
 an interrupted run resumes; pairs run in the order above.
 
     make peers                                                                   # once: Torch-Pruning into .peers/
-    .venv/bin/python benchmarks/peers/paired_comparison.py                      # 50%, ~1 h on 2 quiet cores
+    .venv/bin/python benchmarks/peers/paired_comparison.py                      # 50%, ~3 h on 2 quiet cores
     .venv/bin/python benchmarks/peers/paired_comparison.py --ratio 0.2         # 20%
     .venv/bin/python benchmarks/peers/paired_comparison.py --report-only        # Markdown from the cached cells
     .venv/bin/python benchmarks/peers/paired_comparison.py --tasks piqa --limit 8 --boolq-limit 8 --ppl-windows 2 \
@@ -35,6 +41,7 @@ an interrupted run resumes; pairs run in the order above.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import math
@@ -60,31 +67,65 @@ DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results" / "paired_comparison"
 OURS = ROOT / "benchmarks" / "results" / "tailored_llama.json"
 PEER = ROOT / "benchmarks" / "results" / "torch_pruning.json"
-#: Our models trained on the C4 budget: cell prefix -> (`Bench.pruned` overrides as `tailored_llama.EXTRA_CONFIGS`,
-#: label, names of their pairs untuned / + task LoRA); every such pair's peer is Torch-Pruning + the same C4 LoRA.
+#: A larger generic budget than `NUTEPRUNE_ARGS`' 500 steps: the same C4 LoRA (windows drawn the same way, rank, targets,
+#: rate) for this many steps, given to our L0 model, to the peer and to the dense model alike.
+LONG_C4_STEPS = 2000
+#: Our models trained on a C4 budget: cell prefix -> (`Bench.pruned` overrides as `tailored_llama.EXTRA_CONFIGS`, with
+#: `c4_steps` for a budget other than `NUTEPRUNE_ARGS`', label, names of their pairs untuned / + task LoRA); every
+#: such pair's peer is Torch-Pruning + the same C4 LoRA (`peer_c4_prefix`).
 C4_MODELS: dict[str, tuple[dict[str, Any], str, str, str]] = {
     "l0": (EXTRA_CONFIGS["l0"], "NutePrune L0 + its C4 LoRA", "c4_lora", "c4_task_lora"),
     "c4": (EXTRA_CONFIGS["c4"], "our pass + C4 LoRA", "pass_c4_lora", "pass_c4_task_lora"),
+    f"l0-c4_{LONG_C4_STEPS}": (
+        EXTRA_CONFIGS["l0"] | {"c4_steps": LONG_C4_STEPS},
+        f"NutePrune L0 + its C4 LoRA, {LONG_C4_STEPS} steps",
+        "long_c4_lora",
+        "long_c4_task_lora",
+    ),
 }
+
+
+def peer_c4_prefix(c4_steps: int | None) -> str:
+    """Cell prefix of Torch-Pruning + the C4 LoRA of `c4_steps` steps (None: `NUTEPRUNE_ARGS`'), `{imp}` unfilled."""
+    return "tp-{imp}-c4" + ("" if c4_steps is None else f"_{c4_steps}")
+
+
+def dense_c4_prefix(c4_steps: int | None) -> str:
+    """Cell prefix of the dense model + the C4 LoRA of `c4_steps` steps (None: `NUTEPRUNE_ARGS`')."""
+    return "dense-c4" + ("" if c4_steps is None else f"_{c4_steps}")
+
+
+#: The C4 budgets of `C4_MODELS` (None: `NUTEPRUNE_ARGS`'), each also given to the peer and, with `--dense`, to the
+#: dense model (the "dense + same tune" control of the share rows).
+C4_BUDGETS = tuple(dict.fromkeys(overrides.get("c4_steps") for overrides, *_ in C4_MODELS.values()))
 #: Pair name -> (our cell prefix, peer cell prefix, label); `{imp}` is the peer's importance.
 PAIRS: dict[str, tuple[str, str, str]] = {
-    "task_lora": ("ours/task", "tp-{imp}/task", "our pass + task LoRA vs Torch-Pruning ({imp}) + task LoRA")
+    "no_tune": ("ours/pruned", "tp-{imp}/pruned", "our pass vs Torch-Pruning ({imp}), no tuning"),
+    "task_lora": ("ours/task", "tp-{imp}/task", "our pass + task LoRA vs Torch-Pruning ({imp}) + task LoRA"),
 } | {
-    pair: (f"{name}/{kind}", f"tp-{{imp}}-c4/{kind}", text)
-    for name, (_, label, untuned, tuned) in C4_MODELS.items()
+    pair: (f"{name}/{kind}", f"{peer_c4_prefix(overrides.get('c4_steps'))}/{kind}", text)
+    for name, (overrides, label, untuned, tuned) in C4_MODELS.items()
     for pair, kind, text in (
-        (untuned, "pruned", f"{label} vs Torch-Pruning ({{imp}}) + C4 LoRA"),
+        (untuned, "pruned", f"{label} vs Torch-Pruning ({{imp}}) + the same C4 LoRA"),
         (tuned, "task", f"{label} vs the same peer, each + task LoRA"),
     )
 }
-#: Where each of our / the peer's cells was first measured on 200 items: (file, cell key with `{tag}`, `{imp}`).
+#: Where each of our / the peer's cells was first measured on 200 items: (file, cell key with `{tag}`, `{imp}`); the
+#: models of the larger C4 budget have no such cells.
 COMMITTED = {
     "dense": (OURS, "dense"),
+    "ours/pruned": (OURS, "{tag}/pruned"),
     "ours/task": (OURS, "{tag}/task"),
+    "tp-{imp}/pruned": (PEER, "{tag}/{imp}/pruned"),
     "tp-{imp}/task": (PEER, "{tag}/{imp}/task"),
     "tp-{imp}-c4/pruned": (PEER, "{tag}/{imp}/c4/pruned"),
     "tp-{imp}-c4/task": (PEER, "{tag}/{imp}/c4/task"),
-} | {f"{name}/{kind}": (OURS, f"{{tag}}/{name}/{kind}") for name in C4_MODELS for kind in ("pruned", "task")}
+} | {
+    f"{name}/{kind}": (OURS, f"{{tag}}/{name}/{kind}")
+    for name, (overrides, *_) in C4_MODELS.items()
+    if "c4_steps" not in overrides
+    for kind in ("pruned", "task")
+}
 #: Items per task of the committed cells (BoolQ: its own limit).
 COMMITTED_LIMIT, COMMITTED_BOOLQ_LIMIT = 200, 100
 #: |z| at which a paired difference counts as resolved (about 95% two-sided).
@@ -92,14 +133,28 @@ RESOLVED_Z = 2.0
 RUN_OPTIONS = ("out", "report_only", "pairs", "dense")
 #: Models whose share of the dense 7-task mean is reported (cell prefix, label); `{imp}`: the peer's importance.
 SHARE_ROWS = (
-    ("ours/task", "our pass + task LoRA"),
-    ("tp-{imp}/task", "Torch-Pruning ({imp}) + task LoRA"),
-    ("tp-{imp}-c4/pruned", "Torch-Pruning ({imp}) + C4 LoRA"),
-    ("tp-{imp}-c4/task", "Torch-Pruning ({imp}) + C4 LoRA + task LoRA"),
-) + tuple(
-    row
-    for name, (_, label, _, _) in C4_MODELS.items()
-    for row in ((f"{name}/pruned", label), (f"{name}/task", f"{label} + task LoRA"))
+    (
+        ("ours/pruned", "our pass, no tuning"),
+        ("ours/task", "our pass + task LoRA"),
+        ("tp-{imp}/pruned", "Torch-Pruning ({imp}), no tuning"),
+        ("tp-{imp}/task", "Torch-Pruning ({imp}) + task LoRA"),
+    )
+    + tuple(
+        row
+        for steps in C4_BUDGETS
+        for budget in ["" if steps is None else f" ({steps} steps)"]
+        for row in (
+            (dense_c4_prefix(steps), f"dense + C4 LoRA{budget}"),
+            (f"{dense_c4_prefix(steps)}/task", f"dense + C4 LoRA{budget} + task LoRA"),
+            (f"{peer_c4_prefix(steps)}/pruned", f"Torch-Pruning ({{imp}}) + C4 LoRA{budget}"),
+            (f"{peer_c4_prefix(steps)}/task", f"Torch-Pruning ({{imp}}) + C4 LoRA{budget} + task LoRA"),
+        )
+    )
+    + tuple(
+        row
+        for name, (_, label, _, _) in C4_MODELS.items()
+        for row in ((f"{name}/pruned", label), (f"{name}/task", f"{label} + task LoRA"))
+    )
 )
 
 logger = logging.getLogger("paired_comparison")
@@ -147,6 +202,12 @@ class PairedBench(PeerBench):
     run_options = RUN_OPTIONS
     keep_items = True
 
+    def our_model(self) -> torch.nn.Module:
+        """Our pass (the paper's configuration) at the ratio, its parameter counts recorded."""
+        model, _ = self.pruned(self.args.ratio)
+        self.record_params("ours", model)
+        return model
+
     def peer_model(self) -> torch.nn.Module:
         """Torch-Pruning's model at the ratio, starting the ratio search at the committed cell's TP ratio."""
         start = None
@@ -168,9 +229,15 @@ class PairedBench(PeerBench):
             "achieved": 1 - count_parameters(model) / self.dense_params,
         }
 
-    def tuned_cells(self, model: torch.nn.Module, prefix: str) -> None:
-        for task in self.args.tasks:
-            self.tuned_cell(model, f"{self.tag}/{prefix}/{task}", self.shots(task, self.args.k), [task])
+    def model_cells(self, model: torch.nn.Module, prefix: str, tuned: bool, untuned: bool = True) -> None:
+        """`model`'s cells under `prefix`: scored as it is (`prefix/pruned`, or `prefix` itself for a dense-based
+        model) and, when `tuned`, after each task's LoRA (`prefix/task/<task>`)."""
+        if untuned:
+            key = f"{self.tag}/{prefix}" + ("" if prefix.startswith("dense") else "/pruned")
+            self.cell(key, lambda: self.evaluate(model, self.args.tasks))
+        if tuned:
+            for task in self.args.tasks:
+                self.tuned_cell(model, f"{self.tag}/{prefix}/task/{task}", self.shots(task, self.args.k), [task])
 
     def missing(self, *prefixes: str) -> bool:
         keys = []
@@ -193,38 +260,38 @@ def main() -> None:
         return
     bench = PairedBench(args)
     imp = args.importance
-    if "task_lora" in args.pairs:
-        if bench.missing("ours/task"):
-            model, _ = bench.pruned(args.ratio)
-            bench.record_params("ours", model)
-            bench.tuned_cells(model, "ours/task")
+    untrained = {"no_tune": "pruned", "task_lora": "task"}  # pair -> our / the peer's cell kind
+    kinds = [kind for pair, kind in untrained.items() if pair in args.pairs]
+    for prefix, build in (("ours", bench.our_model), (f"tp-{imp}", bench.peer_model)):
+        if kinds and bench.missing(*(f"{prefix}/{kind}" for kind in kinds)):
+            model = build()
+            bench.model_cells(model, prefix, "task" in kinds, untuned="pruned" in kinds)
             del model
-        if bench.missing(f"tp-{imp}/task"):
-            model = bench.peer_model()
-            bench.tuned_cells(model, f"tp-{imp}/task")
-            del model
-    peer_tuned = None  # whether any C4 pair needs the peer + C4 LoRA + task LoRA (None: no C4 pair asked for)
+    peer_tuned: dict[int | None, bool] = {}  # per C4 budget asked for: whether its peer needs the task LoRA
     for name, (overrides, _, untuned_pair, tuned_pair) in C4_MODELS.items():
         if untuned_pair not in args.pairs and tuned_pair not in args.pairs:
             continue
         tuned = tuned_pair in args.pairs
-        peer_tuned = bool(peer_tuned) or tuned
+        steps = overrides.get("c4_steps")
+        peer_tuned[steps] = peer_tuned.get(steps, False) or tuned
         if bench.missing(f"{name}/pruned", *([f"{name}/task"] if tuned else [])):
             model, _ = bench.pruned(args.ratio, **overrides)
             bench.record_params(name, model)
-            bench.cell(f"{bench.tag}/{name}/pruned", lambda model=model: bench.evaluate(model, args.tasks))
-            if tuned:
-                bench.tuned_cells(model, f"{name}/task")
+            bench.model_cells(model, name, tuned)
             del model
-    peer = f"tp-{imp}-c4"
-    if peer_tuned is not None and bench.missing(f"{peer}/pruned", *([f"{peer}/task"] if peer_tuned else [])):
-        model = c4_lora(bench.peer_model(), bench.tokenizer, args)
-        bench.cell(f"{bench.tag}/{peer}/pruned", lambda model=model: bench.evaluate(model, args.tasks))
-        if peer_tuned:
-            bench.tuned_cells(model, f"{peer}/task")
-        del model
+    for steps, tuned in peer_tuned.items():
+        peer = peer_c4_prefix(steps).format(imp=imp)
+        if bench.missing(f"{peer}/pruned", *([f"{peer}/task"] if tuned else [])):
+            model = c4_lora(bench.peer_model(), bench.tokenizer, args, steps)
+            bench.model_cells(model, peer, tuned)
+            del model
     if args.dense:
         bench.cell("dense", lambda: bench.evaluate(bench.model, args.tasks))
+        for steps in peer_tuned:  # dense + the same C4 LoRA (+ task LoRA): the "dense + same tune" control
+            if bench.missing(dense_c4_prefix(steps), f"{dense_c4_prefix(steps)}/task"):
+                model = c4_lora(copy.deepcopy(bench.model), bench.tokenizer, args, steps)
+                bench.model_cells(model, dense_c4_prefix(steps), tuned=True)
+                del model
     bench.data["environment"] = {"torch_pruning": tp_version(), "torch": torch.__version__}
     bench.save()
     atomic_write_text(Path(args.out + ".md"), render(bench.data))
@@ -404,6 +471,8 @@ def render(data: dict[str, Any]) -> str:
     per_task_rows, checks, counts = [], [], {}
     for entry in pair_results(data):
         for pattern, scores in zip(entry["prefixes"], (entry["ours_items"], entry["peer_items"])):
+            if pattern not in COMMITTED:
+                continue
             if scores is not None and pattern.format(imp=imp) not in [c[0] for c in checks]:
                 checks.append((pattern.format(imp=imp), committed_check(pattern, scores, tag, imp)))
         dense_items = item_scores(cells, tag, "dense", tasks)
@@ -456,13 +525,17 @@ def render(data: dict[str, Any]) -> str:
         ]
     ppl_rows = [
         f"| {prefix.format(imp=imp)} | {cells[f'{tag}/{prefix.format(imp=imp)}']['wikitext2_ppl']:.1f} |"
-        for prefix in (*(f"{name}/pruned" for name in C4_MODELS), "tp-{imp}-c4/pruned")
+        for prefix in (
+            *(f"{name}/pruned" for name in C4_MODELS),
+            *(f"{peer_c4_prefix(steps)}/pruned" for steps in C4_BUDGETS),
+            *(dense_c4_prefix(steps) for steps in C4_BUDGETS),
+        )
         if f"{tag}/{prefix.format(imp=imp)}" in cells
     ]
     if ppl_rows:
         lines += [
             "",
-            "WikiText-2 perplexity (40 windows of 128 tokens) of the models trained on the C4 budget:",
+            "WikiText-2 perplexity (40 windows of 128 tokens) of the models trained on a C4 budget:",
             "",
             "| model | ppl |",
             "|---|---|",
