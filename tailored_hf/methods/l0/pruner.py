@@ -286,8 +286,7 @@ class L0Pruner(PruningMethod):
                 "L0 masks did not converge: expected sparsity %.4f at the end vs target %.4f (tolerance %.4f). The "
                 "final masks were forced to the target by log_alpha ranking; train longer (the paper: 7 epochs with a "
                 "1-epoch warm-up). A higher mask_learning_rate or lambda_learning_rate reaches the target sooner but can "
-                "overshoot it; on SmolLM2-135M at 50%% in 500 steps that cost more perplexity than this shortfall, and in "
-                "2000 steps the default rates reach the target and hold it.",
+                "overshoot it; on SmolLM2-135M at 50%% in 500 steps that cost more perplexity than this shortfall.",
                 s_hat,
                 self.config.target_sparsity,
                 self.config.target_tolerance,
