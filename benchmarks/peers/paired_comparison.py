@@ -540,6 +540,7 @@ def render(data: dict[str, Any]) -> str:
             "| model | ppl |",
             "|---|---|",
         ]
+        lines += [f"| dense | {cells['dense']['wikitext2_ppl']:.1f} |"] if "dense" in cells else []
         lines += ppl_rows
     if checks:
         lines += ["", "Rebuilt models vs the committed 200-item cells (first 200 items, BoolQ 100):", ""]
