@@ -227,14 +227,13 @@ class Bench:
         (`method="nuteprune"`: NutePrune's L0 masks instead of our pass; `generic_lora="c4"`: + the C4 LoRA;
         `c4_steps`: that C4 training for this many steps instead of `NUTEPRUNE_ARGS`' 500)."""
         c4_steps = overrides.get("c4_steps")
-        budget = "" if c4_steps is None else f"-c4_steps={c4_steps}"
         if overrides.get("method") == "nuteprune":
             return self.nuteprune_pruned(ratio, overrides["distillation"], c4_steps)
         if overrides.get("generic_lora") == "c4":
             rest = {k: v for k, v in overrides.items() if k not in ("generic_lora", "c4_steps")}
             name = "".join(f"-{k}={v}" for k, v in sorted(rest.items()))
             return self.cached_model(
-                f"depgraph{name}-c4lora{budget}-{ratio}-seed{self.args.seed}",
+                f"depgraph{name}-c4lora{c4_budget_suffix(c4_steps)}-{ratio}-seed{self.args.seed}",
                 lambda: c4_lora(self.pruned(ratio, **rest)[0], self.tokenizer, self.args, c4_steps),
             )
         config = DepGraphConfig(target_sparsity=ratio, seed=self.args.seed, **overrides)
@@ -254,8 +253,8 @@ class Bench:
             logger.info("NutePrune %s at %.0f%%: %.1f%% removed", distillation, 100 * ratio, 100 * info["sparsity"])
             return merged
 
-        budget = "" if c4_steps is None else f"-c4_steps={c4_steps}"
-        return self.cached_model(f"nuteprune-{distillation}{budget}-{ratio}-seed{self.args.seed}", train)
+        name = f"nuteprune-{distillation}{c4_budget_suffix(c4_steps)}-{ratio}-seed{self.args.seed}"
+        return self.cached_model(name, train)
 
     def cached_model(self, name: str, build: Callable[[], torch.nn.Module]):
         """The pruned model `build()` makes (those that take training), saved under `MODEL_CACHE / name` on first
@@ -479,6 +478,11 @@ def nuteprune_args(args: argparse.Namespace, c4_steps: int | None = None) -> arg
     if c4_steps is not None:
         argv += ["--steps", str(c4_steps)]
     return nuteprune.parse_args(argv)
+
+
+def c4_budget_suffix(c4_steps: int | None) -> str:
+    """The part of a cached model's name that says its C4 budget (empty for `NUTEPRUNE_ARGS`' own)."""
+    return "" if c4_steps is None else f"-c4_steps={c4_steps}"
 
 
 def c4_budget_text() -> str:
