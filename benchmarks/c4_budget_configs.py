@@ -28,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT / "benchmarks"))
 
-from l0_controller import heldout_c4, perplexities  # noqa: E402
+from l0_controller import heldout_c4, perplexities, reproduce_lines, resumed  # noqa: E402
 from tailored_llama import EXTRA_CONFIGS, Bench, add_recovery_arguments, c4_budget_text, nuteprune_args  # noqa: E402
 
 from tailored_hf.structure import count_parameters  # noqa: E402
@@ -77,9 +77,7 @@ def main() -> None:
         print(render(data))
         return
     settings = {k: v for k, v in vars(args).items() if k not in RUN_OPTIONS}
-    data: dict[str, Any] = {"settings": settings, "budget": c4_budget_text(), "rows": {}}
-    if path.is_file() and json.loads(path.read_text())["settings"] == settings:
-        data = json.loads(path.read_text())
+    data = resumed(path, {"settings": settings, "budget": c4_budget_text(), "rows": {}})
     # `Bench` writes nothing unless a cell is measured; point its cache at a file of its own all the same.
     bench = Bench(argparse.Namespace(**(vars(args) | {"out": args.out + "_bench"})))
     heldout = heldout_c4(bench.tokenizer, args, nuteprune_args(args))
@@ -124,13 +122,7 @@ def render(data: dict[str, Any]) -> str:
     if pruned:
         best = min(pruned, key=lambda name: pruned[name]["heldout_c4_ppl"])
         lines += ["", f"Lowest held-out C4 perplexity at {s['ratio']:.0%}: {best}."]
-    lines += [
-        "",
-        "Reproduce: `.venv/bin/python benchmarks/c4_budget_configs.py"
-        + (f" --ratio {s['ratio']}" if s["ratio"] != 0.5 else "")
-        + "`.",
-        "",
-    ]
+    lines += reproduce_lines("c4_budget_configs.py", s["ratio"])
     return "\n".join(lines)
 
 

@@ -141,9 +141,7 @@ def main() -> None:
         print(render(data))
         return
     settings = {k: v for k, v in vars(args).items() if k not in RUN_OPTIONS}
-    data: dict[str, Any] = {"settings": settings, "runs": {}}
-    if path.is_file() and json.loads(path.read_text())["settings"] == settings:
-        data = json.loads(path.read_text())
+    data = resumed(path, {"settings": settings, "runs": {}})
     from tailored_hf import load_model
 
     _, tokenizer = load_model(args.model)
@@ -210,14 +208,24 @@ def render(data: dict[str, Any]) -> str:
             + " (the final deterministic "
             "pruning removes exactly the target either way).",
         ]
-    lines += [
-        "",
-        "Reproduce: `.venv/bin/python benchmarks/l0_controller.py"
-        + (f" --ratio {s['ratio']}" if s["ratio"] != 0.5 else "")
-        + "`.",
-        "",
-    ]
+    lines += reproduce_lines("l0_controller.py", s["ratio"])
     return "\n".join(lines)
+
+
+def resumed(path: Path, fresh: dict[str, Any]) -> dict[str, Any]:
+    """The results saved at `path` when they were measured with `fresh["settings"]` (an interrupted run resumes),
+    else `fresh`."""
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved["settings"] == fresh["settings"]:
+            return saved
+    return fresh
+
+
+def reproduce_lines(script: str, ratio: float) -> list[str]:
+    """The report's closing "Reproduce:" line for `benchmarks/<script>` at `ratio` (0.5 is the default)."""
+    ratio_option = f" --ratio {ratio}" if ratio != 0.5 else ""
+    return ["", f"Reproduce: `.venv/bin/python benchmarks/{script}{ratio_option}`.", ""]
 
 
 if __name__ == "__main__":
