@@ -24,6 +24,9 @@ Pairs, ours vs the peer after the same training budget:
   change the share of dense kept, and the gap to the peer? Their dense control, the dense model + that C4 LoRA (+ the
   task LoRA), is scored with `--dense` (for the 500-step budget too), as "dense + same tune" rows of the share table.
   These models have no 200-item cells to check against.
+- "C4 + task LoRA, K=`MORE_SHOTS`": the "C4 + task LoRA" pair with `MORE_SHOTS` task shots instead of the paper's
+  K=50 (the shots ablation of its Table 3), with the dense + same tune control under `--dense`: how much of the gap to
+  dense more task-specific data closes.
 
 Every model is rebuilt deterministically (same calibration, seeds and settings as the committed cells), so the mean
 over the first 200 items (BoolQ 100) of each cell is checked against the committed 200-item cell of
@@ -33,6 +36,7 @@ an interrupted run resumes; pairs run in the order above.
     make peers                                                                   # once: Torch-Pruning into .peers/
     .venv/bin/python benchmarks/peers/paired_comparison.py                      # 50%, ~3 h on 2 quiet cores
     .venv/bin/python benchmarks/peers/paired_comparison.py --ratio 0.2         # 20%
+    .venv/bin/python benchmarks/peers/paired_comparison.py --pairs c4_task_lora_k200  # one pair (+ its controls)
     .venv/bin/python benchmarks/peers/paired_comparison.py --report-only        # Markdown from the cached cells
     .venv/bin/python benchmarks/peers/paired_comparison.py --tasks piqa --limit 8 --boolq-limit 8 --ppl-windows 2 \
         --pairs task_lora --out /tmp/paired_smoke/paired                       # smoke
@@ -46,6 +50,7 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -95,21 +100,50 @@ def dense_c4_prefix(c4_steps: int | None) -> str:
     return "dense-c4" + ("" if c4_steps is None else f"_{c4_steps}")
 
 
+#: A larger task-specific budget than the paper's K=50 (its Table 3 varies K): the same task LoRA (rank, rate, epochs,
+#: batch) on this many shots of each task.
+MORE_SHOTS = 200
+#: Pairs on the larger task budget: pair name -> (a `C4_MODELS` name, shots); the peer and the dense control get the
+#: same C4 LoRA and the same shots.
+SHOT_PAIRS: dict[str, tuple[str, int]] = {f"c4_task_lora_k{MORE_SHOTS}": ("l0", MORE_SHOTS)}
+
+
+def task_kind(shots: int | None = None) -> str:
+    """Cell kind of a model + the task LoRA on `shots` shots per task (None: the run's `--k`, the paper's 50)."""
+    return "task" + ("" if shots is None else f"_k{shots}")
+
+
+def is_task_prefix(prefix: str) -> bool:
+    """Whether `prefix` names a model + a task LoRA, i.e. one cell per task (`<prefix>/<task>`)."""
+    return prefix.rsplit("/", 1)[-1].startswith("task")
+
+
 #: The C4 budgets of `C4_MODELS` (None: `NUTEPRUNE_ARGS`'), each also given to the peer and, with `--dense`, to the
 #: dense model (the "dense + same tune" control of the share rows).
 C4_BUDGETS = tuple(dict.fromkeys(overrides.get("c4_steps") for overrides, *_ in C4_MODELS.values()))
 #: Pair name -> (our cell prefix, peer cell prefix, label); `{imp}` is the peer's importance.
-PAIRS: dict[str, tuple[str, str, str]] = {
-    "no_tune": ("ours/pruned", "tp-{imp}/pruned", "our pass vs Torch-Pruning ({imp}), no tuning"),
-    "task_lora": ("ours/task", "tp-{imp}/task", "our pass + task LoRA vs Torch-Pruning ({imp}) + task LoRA"),
-} | {
-    pair: (f"{name}/{kind}", f"{peer_c4_prefix(overrides.get('c4_steps'))}/{kind}", text)
-    for name, (overrides, label, untuned, tuned) in C4_MODELS.items()
-    for pair, kind, text in (
-        (untuned, "pruned", f"{label} vs Torch-Pruning ({{imp}}) + the same C4 LoRA"),
-        (tuned, "task", f"{label} vs the same peer, each + task LoRA"),
-    )
-}
+PAIRS: dict[str, tuple[str, str, str]] = (
+    {
+        "no_tune": ("ours/pruned", "tp-{imp}/pruned", "our pass vs Torch-Pruning ({imp}), no tuning"),
+        "task_lora": ("ours/task", "tp-{imp}/task", "our pass + task LoRA vs Torch-Pruning ({imp}) + task LoRA"),
+    }
+    | {
+        pair: (f"{name}/{kind}", f"{peer_c4_prefix(overrides.get('c4_steps'))}/{kind}", text)
+        for name, (overrides, label, untuned, tuned) in C4_MODELS.items()
+        for pair, kind, text in (
+            (untuned, "pruned", f"{label} vs Torch-Pruning ({{imp}}) + the same C4 LoRA"),
+            (tuned, "task", f"{label} vs the same peer, each + task LoRA"),
+        )
+    }
+    | {
+        pair: (
+            f"{name}/{task_kind(shots)}",
+            f"{peer_c4_prefix(C4_MODELS[name][0].get('c4_steps'))}/{task_kind(shots)}",
+            f"{C4_MODELS[name][1]} vs the same peer, each + task LoRA (K={shots})",
+        )
+        for pair, (name, shots) in SHOT_PAIRS.items()
+    }
+)
 #: Where each of our / the peer's cells was first measured on 200 items: (file, cell key with `{tag}`, `{imp}`); the
 #: models of the larger C4 budget have no such cells.
 COMMITTED = {
@@ -154,6 +188,21 @@ SHARE_ROWS = (
         row
         for name, (_, label, _, _) in C4_MODELS.items()
         for row in ((f"{name}/pruned", label), (f"{name}/task", f"{label} + task LoRA"))
+    )
+    + tuple(
+        row
+        for name, shots in SHOT_PAIRS.values()
+        for overrides, label, *_ in [C4_MODELS[name]]
+        for steps in [overrides.get("c4_steps")]
+        for budget in ["" if steps is None else f" ({steps} steps)"]
+        for row in (
+            (f"{dense_c4_prefix(steps)}/{task_kind(shots)}", f"dense + C4 LoRA{budget} + task LoRA (K={shots})"),
+            (
+                f"{peer_c4_prefix(steps)}/{task_kind(shots)}",
+                f"Torch-Pruning ({{imp}}) + C4 LoRA{budget} + task LoRA (K={shots})",
+            ),
+            (f"{name}/{task_kind(shots)}", f"{label} + task LoRA (K={shots})"),
+        )
     )
 )
 
@@ -229,20 +278,24 @@ class PairedBench(PeerBench):
             "achieved": 1 - count_parameters(model) / self.dense_params,
         }
 
-    def model_cells(self, model: torch.nn.Module, prefix: str, tuned: bool, untuned: bool = True) -> None:
+    def model_cells(
+        self, model: torch.nn.Module, prefix: str, shots: Iterable[int | None] = (), untuned: bool = True
+    ) -> None:
         """`model`'s cells under `prefix`: scored as it is (`prefix/pruned`, or `prefix` itself for a dense-based
-        model) and, when `tuned`, after each task's LoRA (`prefix/task/<task>`)."""
+        model) when `untuned`, and after each task's LoRA on each of `shots` (`prefix/<task_kind(shots)>/<task>`;
+        None: `--k` shots)."""
         if untuned:
             key = f"{self.tag}/{prefix}" + ("" if prefix.startswith("dense") else "/pruned")
             self.cell(key, lambda: self.evaluate(model, self.args.tasks))
-        if tuned:
+        for k in shots:
             for task in self.args.tasks:
-                self.tuned_cell(model, f"{self.tag}/{prefix}/task/{task}", self.shots(task, self.args.k), [task])
+                key = f"{self.tag}/{prefix}/{task_kind(k)}/{task}"
+                self.tuned_cell(model, key, self.shots(task, k or self.args.k), [task])
 
     def missing(self, *prefixes: str) -> bool:
         keys = []
         for prefix in prefixes:
-            if prefix.endswith("/task"):
+            if is_task_prefix(prefix):
                 keys += [f"{self.tag}/{prefix}/{task}" for task in self.args.tasks]
             else:
                 keys.append(f"{self.tag}/{prefix}")
@@ -265,33 +318,41 @@ def main() -> None:
     for prefix, build in (("ours", bench.our_model), (f"tp-{imp}", bench.peer_model)):
         if kinds and bench.missing(*(f"{prefix}/{kind}" for kind in kinds)):
             model = build()
-            bench.model_cells(model, prefix, "task" in kinds, untuned="pruned" in kinds)
+            bench.model_cells(model, prefix, [None] if "task" in kinds else [], untuned="pruned" in kinds)
             del model
-    peer_tuned: dict[int | None, bool] = {}  # per C4 budget asked for: whether its peer needs the task LoRA
-    for name, (overrides, _, untuned_pair, tuned_pair) in C4_MODELS.items():
-        if untuned_pair not in args.pairs and tuned_pair not in args.pairs:
-            continue
-        tuned = tuned_pair in args.pairs
+    # Per C4 model / C4 budget asked for: the task budgets (shots; None: `--k`) its cells need.
+    shots_of: dict[str, list[int | None]] = {}
+    for name, (_, _, untuned_pair, tuned_pair) in C4_MODELS.items():
+        if untuned_pair in args.pairs or tuned_pair in args.pairs:
+            shots_of[name] = [None] if tuned_pair in args.pairs else []
+    for pair, (name, shots) in SHOT_PAIRS.items():
+        if pair in args.pairs:
+            shots_of.setdefault(name, []).append(shots)
+    budget_shots: dict[int | None, list[int | None]] = {}
+    for name, shots in shots_of.items():
+        overrides = C4_MODELS[name][0]
         steps = overrides.get("c4_steps")
-        peer_tuned[steps] = peer_tuned.get(steps, False) or tuned
-        if bench.missing(f"{name}/pruned", *([f"{name}/task"] if tuned else [])):
+        budget_shots[steps] = list(dict.fromkeys(budget_shots.get(steps, []) + shots))
+        if bench.missing(f"{name}/pruned", *(f"{name}/{task_kind(k)}" for k in shots)):
             model, _ = bench.pruned(args.ratio, **overrides)
             bench.record_params(name, model)
-            bench.model_cells(model, name, tuned)
+            bench.model_cells(model, name, shots)
             del model
-    for steps, tuned in peer_tuned.items():
-        peer = peer_c4_prefix(steps).format(imp=imp)
-        if bench.missing(f"{peer}/pruned", *([f"{peer}/task"] if tuned else [])):
-            model = c4_lora(bench.peer_model(), bench.tokenizer, args, steps)
-            bench.model_cells(model, peer, tuned)
-            del model
-    if args.dense:
+    if args.dense:  # first: the dense + same tune controls are what the shares are read against
         bench.cell("dense", lambda: bench.evaluate(bench.model, args.tasks))
-        for steps in peer_tuned:  # dense + the same C4 LoRA (+ task LoRA): the "dense + same tune" control
-            if bench.missing(dense_c4_prefix(steps), f"{dense_c4_prefix(steps)}/task"):
+        for steps, shots in budget_shots.items():  # dense + the same C4 LoRA (+ task LoRA)
+            prefix = dense_c4_prefix(steps)
+            shots = list(dict.fromkeys([None, *shots]))
+            if bench.missing(prefix, *(f"{prefix}/{task_kind(k)}" for k in shots)):
                 model = c4_lora(copy.deepcopy(bench.model), bench.tokenizer, args, steps)
-                bench.model_cells(model, dense_c4_prefix(steps), tuned=True)
+                bench.model_cells(model, prefix, shots)
                 del model
+    for steps, shots in budget_shots.items():
+        peer = peer_c4_prefix(steps).format(imp=imp)
+        if bench.missing(f"{peer}/pruned", *(f"{peer}/{task_kind(k)}" for k in shots)):
+            model = c4_lora(bench.peer_model(), bench.tokenizer, args, steps)
+            bench.model_cells(model, peer, shots)
+            del model
     bench.data["environment"] = {"torch_pruning": tp_version(), "torch": torch.__version__}
     bench.save()
     atomic_write_text(Path(args.out + ".md"), render(bench.data))
@@ -304,7 +365,7 @@ def item_scores(cells: dict[str, Any], tag: str, prefix: str, tasks: list[str]) 
     model's cell), None if missing."""
     scores = {}
     for task in tasks:
-        key = f"{tag}/{prefix}/{task}" if prefix.endswith("/task") else f"{tag}/{prefix}"
+        key = f"{tag}/{prefix}/{task}" if is_task_prefix(prefix) else f"{tag}/{prefix}"
         key = "dense" if prefix == "dense" else key
         cell = cells.get(key)
         if cell is None or task not in cell["tasks"]:
@@ -323,7 +384,7 @@ def committed_check(prefix: str, scores: dict[str, list[float]], tag: str, imp: 
     base = pattern.format(tag=tag, imp=imp)
     mismatches, rebuilt, committed = [], [], []
     for task, items in scores.items():
-        cell = cells.get(f"{base}/{task}" if prefix.endswith("/task") else base)
+        cell = cells.get(f"{base}/{task}" if is_task_prefix(prefix) else base)
         limit = COMMITTED_BOOLQ_LIMIT if task == "boolq" else COMMITTED_LIMIT
         if cell is None or task not in cell["tasks"] or len(items) < min(limit, cell["tasks"][task]["n"]):
             continue
