@@ -39,7 +39,7 @@ from tailored_llama import (
 from training_overhead import memory_key
 
 sys.path.append(str(Path(__file__).resolve().parent / "peers"))
-from paired_comparison import informative_tasks, settings_text, shares, summary_table  # noqa: E402
+from paired_comparison import informative_tasks, percent_or_dash, settings_text, shares, summary_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -650,12 +650,13 @@ def paired_share_lines(paired: Sequence[dict[str, Any]]) -> list[str]:
     for number, data in enumerate(sorted(paired, key=lambda d: d["settings"]["ratio"]), start=1):
         tag = f"{data['settings']['ratio']:.0%}"
         dense, rows = shares(data)
-        rows = [row for row in rows if row[0].endswith("task LoRA") and row[2] is not None]
+        rows = [row for row in rows if "+ task LoRA" in row.label and row.share is not None]
         if dense is None or not rows or tag not in MOONSHOT:
             continue
         target = MOONSHOT[tag]
         informative = informative_tasks(data) or data["settings"]["tasks"]
         dropped = [t for t in data["settings"]["tasks"] if t not in informative]
+        controlled = any(row.share_of_control is not None for row in rows)
         lines += [
             f"On the larger item sets of section 4.{number} ({tag}, `benchmarks/results/paired_comparison_"
             f"{round(100 * data['settings']['ratio'])}.md`; dense {pct(dense)} there; each model rebuilt, and checked "
@@ -669,14 +670,17 @@ def paired_share_lines(paired: Sequence[dict[str, Any]]) -> list[str]:
             "",
             "| model | 7-task mean | share of dense | "
             + (f"share without {', '.join(dropped)} | " if dropped else "")
+            + ("share of dense + the same tune | " if controlled else "")
             + "status |",
-            "|---|---|---|---|" + ("---|" if dropped else ""),
+            "|---|---|---|---|" + ("---|" if dropped else "") + ("---|" if controlled else ""),
         ]
-        for label, value, share, sub in rows:
-            status = "(dense control)" if label.startswith("dense") else ("met" if share >= target else "NOT met")
+        for row in rows:
+            control = row.label.startswith("dense")
+            status = "(dense control)" if control else ("met" if row.share >= target else "NOT met")
             lines.append(
-                f"| {label} | {pct(value)} | {share:.1%} | "
-                + (f"{'—' if sub is None else f'{sub:.1%}'} | " if dropped else "")
+                f"| {row.label} | {pct(row.mean)} | {row.share:.1%} | "
+                + (f"{percent_or_dash(row.share_informative)} | " if dropped else "")
+                + (f"{percent_or_dash(row.share_of_control)} | " if controlled else "")
                 + f"{status} |"
             )
         lines.append("")

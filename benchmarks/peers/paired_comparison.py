@@ -51,6 +51,7 @@ import logging
 import math
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -165,46 +166,51 @@ COMMITTED_LIMIT, COMMITTED_BOOLQ_LIMIT = 200, 100
 #: |z| at which a paired difference counts as resolved (about 95% two-sided).
 RESOLVED_Z = 2.0
 RUN_OPTIONS = ("out", "report_only", "pairs", "dense")
-#: Models whose share of the dense 7-task mean is reported (cell prefix, label); `{imp}`: the peer's importance.
-SHARE_ROWS = (
-    (
-        ("ours/pruned", "our pass, no tuning"),
-        ("ours/task", "our pass + task LoRA"),
-        ("tp-{imp}/pruned", "Torch-Pruning ({imp}), no tuning"),
-        ("tp-{imp}/task", "Torch-Pruning ({imp}) + task LoRA"),
-    )
-    + tuple(
-        row
-        for steps in C4_BUDGETS
-        for budget in ["" if steps is None else f" ({steps} steps)"]
-        for row in (
-            (dense_c4_prefix(steps), f"dense + C4 LoRA{budget}"),
-            (f"{dense_c4_prefix(steps)}/task", f"dense + C4 LoRA{budget} + task LoRA"),
-            (f"{peer_c4_prefix(steps)}/pruned", f"Torch-Pruning ({{imp}}) + C4 LoRA{budget}"),
-            (f"{peer_c4_prefix(steps)}/task", f"Torch-Pruning ({{imp}}) + C4 LoRA{budget} + task LoRA"),
-        )
-    )
-    + tuple(
-        row
-        for name, (_, label, _, _) in C4_MODELS.items()
-        for row in ((f"{name}/pruned", label), (f"{name}/task", f"{label} + task LoRA"))
-    )
-    + tuple(
-        row
-        for name, shots in SHOT_PAIRS.values()
-        for overrides, label, *_ in [C4_MODELS[name]]
-        for steps in [overrides.get("c4_steps")]
-        for budget in ["" if steps is None else f" ({steps} steps)"]
-        for row in (
-            (f"{dense_c4_prefix(steps)}/{task_kind(shots)}", f"dense + C4 LoRA{budget} + task LoRA (K={shots})"),
+
+
+def budget_text(c4_steps: int | None) -> str:
+    """A C4 budget in a label: empty for `NUTEPRUNE_ARGS`', else its steps."""
+    return "" if c4_steps is None else f" ({c4_steps} steps)"
+
+
+def build_share_rows() -> tuple[tuple[str, str, str | None], ...]:
+    """The models whose share of the dense 7-task mean is reported: (cell prefix, label, cell prefix of the dense model
+    after the same training, None for a dense model itself or where the run has no such control); `{imp}`: the peer's
+    importance."""
+    rows: list[tuple[str, str, str | None]] = [
+        ("ours/pruned", "our pass, no tuning", "dense"),
+        ("ours/task", "our pass + task LoRA", None),
+        ("tp-{imp}/pruned", "Torch-Pruning ({imp}), no tuning", "dense"),
+        ("tp-{imp}/task", "Torch-Pruning ({imp}) + task LoRA", None),
+    ]
+    for steps in C4_BUDGETS:
+        dense, peer, budget = dense_c4_prefix(steps), peer_c4_prefix(steps), budget_text(steps)
+        rows += [
+            (dense, f"dense + C4 LoRA{budget}", None),
+            (f"{dense}/task", f"dense + C4 LoRA{budget} + task LoRA", None),
+            (f"{peer}/pruned", f"Torch-Pruning ({{imp}}) + C4 LoRA{budget}", dense),
+            (f"{peer}/task", f"Torch-Pruning ({{imp}}) + C4 LoRA{budget} + task LoRA", f"{dense}/task"),
+        ]
+    for name, (overrides, label, _, _) in C4_MODELS.items():
+        dense = dense_c4_prefix(overrides.get("c4_steps"))
+        rows += [(f"{name}/pruned", label, dense), (f"{name}/task", f"{label} + task LoRA", f"{dense}/task")]
+    for name, shots in SHOT_PAIRS.values():
+        overrides, label, *_ = C4_MODELS[name]
+        steps, kind = overrides.get("c4_steps"), task_kind(shots)
+        dense, budget = f"{dense_c4_prefix(steps)}/{kind}", budget_text(steps)
+        rows += [
+            (dense, f"dense + C4 LoRA{budget} + task LoRA (K={shots})", None),
             (
-                f"{peer_c4_prefix(steps)}/{task_kind(shots)}",
+                f"{peer_c4_prefix(steps)}/{kind}",
                 f"Torch-Pruning ({{imp}}) + C4 LoRA{budget} + task LoRA (K={shots})",
+                dense,
             ),
-            (f"{name}/{task_kind(shots)}", f"{label} + task LoRA (K={shots})"),
-        )
-    )
-)
+            (f"{name}/{kind}", f"{label} + task LoRA (K={shots})", dense),
+        ]
+    return tuple(rows)
+
+
+SHARE_ROWS = build_share_rows()
 
 logger = logging.getLogger("paired_comparison")
 
@@ -442,10 +448,22 @@ def informative_tasks(data: dict[str, Any]) -> list[str] | None:
     return [t for t in s["tasks"] if sum(dense[t]) / len(dense[t]) - CHANCE[t] > NEAR_CHANCE]
 
 
-def shares(data: dict[str, Any]) -> tuple[float | None, list[tuple[str, float, float | None, float | None]]]:
-    """The dense 7-task mean on these items (None when not scored) and, per measured model of `SHARE_ROWS`, its label,
-    7-task mean, share of the dense mean, and share of the dense mean over `informative_tasks` only (None without a
-    dense cell, or when every task is informative)."""
+@dataclass(frozen=True)
+class ShareRow:
+    """One model's 7-task mean on these items and its shares: of the dense mean, of the dense mean over
+    `informative_tasks` only (None when every task is informative), and of its dense control's mean (the dense model
+    after the same training; None where that control is not measured)."""
+
+    label: str
+    mean: float
+    share: float | None
+    share_informative: float | None
+    share_of_control: float | None
+
+
+def shares(data: dict[str, Any]) -> tuple[float | None, list[ShareRow]]:
+    """The dense 7-task mean on these items (None when not scored) and a [`ShareRow`] per measured model of
+    `SHARE_ROWS` (shares of dense None without a dense cell)."""
     s = data["settings"]
     tasks, tag, imp = s["tasks"], f"{s['ratio']:.0%}", s["importance"]
     cells = {k: v["value"] for k, v in data["cells"].items()}
@@ -459,16 +477,29 @@ def shares(data: dict[str, Any]) -> tuple[float | None, list[tuple[str, float, f
     dense = mean_of("dense", tasks)
     dense_informative = mean_of("dense", informative) if informative else None
     rows = []
-    for prefix, label in SHARE_ROWS:
+    for prefix, label, control in SHARE_ROWS:
         value = mean_of(prefix.format(imp=imp), tasks)
         if value is None:
             continue
-        share = None if dense is None else value / dense
         share_informative = None
         if dense_informative:
             share_informative = mean_of(prefix.format(imp=imp), informative) / dense_informative
-        rows.append((label.format(imp=imp), value, share, share_informative))
+        control_mean = None if control is None else mean_of(control, tasks)
+        rows.append(
+            ShareRow(
+                label=label.format(imp=imp),
+                mean=value,
+                share=None if dense is None else value / dense,
+                share_informative=share_informative,
+                share_of_control=None if control_mean is None else value / control_mean,
+            )
+        )
     return dense, rows
+
+
+def percent_or_dash(share: float | None) -> str:
+    """`share` as a percentage with one decimal, or a dash for a share not measured."""
+    return "—" if share is None else f"{100 * share:.1f}%"
 
 
 def verdict_text(paired) -> str:
@@ -567,7 +598,8 @@ def render(data: dict[str, Any]) -> str:
     if share_rows:
         dense_text = "not scored" if dense is None else f"{100 * dense:.1f}"
         informative = informative_tasks(data) or []
-        split = any(row[3] is not None for row in share_rows)
+        split = any(row.share_informative is not None for row in share_rows)
+        controlled = any(row.share_of_control is not None for row in share_rows)
         lines += ["", f"Share of the dense 7-task mean on the same items (dense: {dense_text}):", ""]
         lines += [
             "| model | 7-task mean | share of dense |"
@@ -576,13 +608,15 @@ def render(data: dict[str, Any]) -> str:
                 f"{100 * NEAR_CHANCE:.0f} points) |"
                 if split
                 else ""
-            ),
-            "|---|---|---|" + ("---|" if split else ""),
+            )
+            + (" share of the dense model after the same training |" if controlled else ""),
+            "|---|---|---|" + ("---|" if split else "") + ("---|" if controlled else ""),
         ]
         lines += [
-            f"| {label} | {100 * value:.1f} | {'—' if share is None else f'{100 * share:.1f}%'} |"
-            + (f" {'—' if sub is None else f'{100 * sub:.1f}%'} |" if split else "")
-            for label, value, share, sub in share_rows
+            f"| {row.label} | {100 * row.mean:.1f} | {percent_or_dash(row.share)} |"
+            + (f" {percent_or_dash(row.share_informative)} |" if split else "")
+            + (f" {percent_or_dash(row.share_of_control)} |" if controlled else "")
+            for row in share_rows
         ]
     ppl_rows = [
         f"| {prefix.format(imp=imp)} | {cells[f'{tag}/{prefix.format(imp=imp)}']['wikitext2_ppl']:.1f} |"
