@@ -675,8 +675,10 @@ def paired_share_lines(paired: Sequence[dict[str, Any]]) -> list[str]:
             "|---|---|---|---|" + ("---|" if dropped else "") + ("---|" if controlled else ""),
         ]
         for row in rows:
-            control = row.label.startswith("dense")
-            status = "(dense control)" if control else ("met" if row.share >= target else "NOT met")
+            status = "met" if row.share >= target else "NOT met"
+            if row.share_informative is not None and row.share >= target > row.share_informative:
+                status += f"; without {', '.join(dropped)}: NOT met"
+            status = "(dense control)" if row.label.startswith("dense") else status
             lines.append(
                 f"| {row.label} | {pct(row.mean)} | {row.share:.1%} | "
                 + (f"{percent_or_dash(row.share_informative)} | " if dropped else "")
