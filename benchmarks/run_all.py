@@ -675,10 +675,14 @@ def paired_share_lines(paired: Sequence[dict[str, Any]]) -> list[str]:
             "|---|---|---|---|" + ("---|" if dropped else "") + ("---|" if controlled else ""),
         ]
         for row in rows:
-            status = "met" if row.share >= target else "NOT met"
-            if row.share_informative is not None and row.share >= target > row.share_informative:
-                status += f"; without {', '.join(dropped)}: NOT met"
-            status = "(dense control)" if row.label.startswith("dense") else status
+            if row.label.startswith("dense"):
+                status = "(dense control)"
+            elif row.share < target:
+                status = "NOT met"
+            elif row.share_informative is not None and row.share_informative < target:
+                status = f"met; without {', '.join(dropped)}: NOT met"
+            else:
+                status = "met"
             lines.append(
                 f"| {row.label} | {pct(row.mean)} | {row.share:.1%} | "
                 + (f"{percent_or_dash(row.share_informative)} | " if dropped else "")

@@ -31,7 +31,8 @@ Pairs, ours vs the peer after the same training budget:
 Every model is rebuilt deterministically (same calibration, seeds and settings as the committed cells), so the mean
 over the first 200 items (BoolQ 100) of each cell is checked against the committed 200-item cell of
 `tailored_llama.json` / `torch_pruning.json` and the report says whether they agree. Cells are cached in the JSON, so
-an interrupted run resumes; pairs run in the order above.
+an interrupted run resumes; pairs run in the order above (on a C4 budget: our models, then the dense controls,
+then the peer).
 
     make peers                                                                   # once: Torch-Pruning into .peers/
     .venv/bin/python benchmarks/peers/paired_comparison.py                      # 50%, ~3 h on 2 quiet cores
