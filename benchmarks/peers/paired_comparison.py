@@ -97,6 +97,10 @@ def peer_c4_prefix(c4_steps: int | None) -> str:
     return "tp-{imp}-c4" + ("" if c4_steps is None else f"_{c4_steps}")
 
 
+#: Cell prefix of the dense model + the task LoRA alone: the "task LoRA" pair's dense control.
+DENSE_TASK = "dense/task"
+
+
 def dense_c4_prefix(c4_steps: int | None) -> str:
     """Cell prefix of the dense model + the C4 LoRA of `c4_steps` steps (None: `NUTEPRUNE_ARGS`')."""
     return "dense-c4" + ("" if c4_steps is None else f"_{c4_steps}")
@@ -150,6 +154,7 @@ PAIRS: dict[str, tuple[str, str, str]] = (
 #: models of the larger C4 budget have no such cells.
 COMMITTED = {
     "dense": (OURS, "dense"),
+    DENSE_TASK: (OURS, "dense+task"),
     "ours/pruned": (OURS, "{tag}/pruned"),
     "ours/task": (OURS, "{tag}/task"),
     "tp-{imp}/pruned": (PEER, "{tag}/{imp}/pruned"),
@@ -180,9 +185,10 @@ def build_share_rows() -> tuple[tuple[str, str, str | None], ...]:
     importance."""
     rows: list[tuple[str, str, str | None]] = [
         ("ours/pruned", "our pass, no tuning", "dense"),
-        ("ours/task", "our pass + task LoRA", None),
+        ("ours/task", "our pass + task LoRA", DENSE_TASK),
         ("tp-{imp}/pruned", "Torch-Pruning ({imp}), no tuning", "dense"),
-        ("tp-{imp}/task", "Torch-Pruning ({imp}) + task LoRA", None),
+        ("tp-{imp}/task", "Torch-Pruning ({imp}) + task LoRA", DENSE_TASK),
+        (DENSE_TASK, "dense + task LoRA", None),
     ]
     for steps in C4_BUDGETS:
         dense, peer, budget = dense_c4_prefix(steps), peer_c4_prefix(steps), budget_text(steps)
@@ -347,6 +353,8 @@ def main() -> None:
             del model
     if args.dense:  # first: the dense + same tune controls are what the shares are read against
         bench.cell("dense", lambda: bench.evaluate(bench.model, args.tasks))
+        if "task_lora" in args.pairs:
+            bench.model_cells(bench.model, "dense", [None], untuned=False)
         for steps, shots in budget_shots.items():  # dense + the same C4 LoRA (+ task LoRA)
             prefix = dense_c4_prefix(steps)
             shots = list(dict.fromkeys([None, *shots]))
@@ -368,8 +376,8 @@ def main() -> None:
 
 # ---------------------------------------------------------------------------------------------------- report
 def item_scores(cells: dict[str, Any], tag: str, prefix: str, tasks: list[str]) -> dict[str, list[float]] | None:
-    """Task -> per-item scores of one model (`prefix` ending in `/task`: one adapter per task; `"dense"`: the dense
-    model's cell), None if missing."""
+    """Task -> per-item scores of one model (`prefix` of a model + task LoRA, `is_task_prefix`: one adapter and cell
+    per task; `"dense"`: the dense model's cell), None if missing."""
     scores = {}
     for task in tasks:
         key = f"{tag}/{prefix}/{task}" if is_task_prefix(prefix) else f"{tag}/{prefix}"
@@ -568,9 +576,10 @@ def render(data: dict[str, Any]) -> str:
                 continue
             if scores is not None and pattern.format(imp=imp) not in [c[0] for c in checks]:
                 checks.append((pattern.format(imp=imp), committed_check(pattern, scores, tag, imp)))
-        dense_items = item_scores(cells, tag, "dense", tasks)
-        if dense_items is not None and "dense" not in [c[0] for c in checks]:
-            checks.append(("dense", committed_check("dense", dense_items, tag, imp)))
+        for dense in ("dense", DENSE_TASK):
+            dense_items = item_scores(cells, tag, dense, tasks)
+            if dense_items is not None and dense not in [c[0] for c in checks]:
+                checks.append((dense, committed_check(dense, dense_items, tag, imp)))
         if "paired" not in entry:
             continue
         ours, peer, paired = entry["ours_items"], entry["peer_items"], entry["paired"]
