@@ -39,7 +39,7 @@ from tailored_llama import (
 from training_overhead import memory_key
 
 sys.path.append(str(Path(__file__).resolve().parent / "peers"))
-from paired_comparison import informative_tasks, percent_or_dash, settings_text, shares, summary_table  # noqa: E402
+from paired_comparison import informative_tasks, settings_text, share_text, shares, summary_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -571,10 +571,6 @@ def atp_quality_lines(atp: dict[str, Any] | None) -> list[str]:
     ]
 
 
-def share_text(value: float | None) -> str:
-    return "—" if value is None else f"{value:.1%}"
-
-
 def moonshot_section(
     ours: dict[str, Any] | None,
     nuteprune: dict[str, Any] | None = None,
@@ -631,7 +627,7 @@ def moonshot_section(
                 near_chance = dropped
             lines.append(
                 f"| {label} | " + " | ".join(pct(v) for v in tuned) + f" | {pct(mean(tuned))} | "
-                f"{'—' if share is None else f'{share:.1%}'} | >= {target:.0%} | {status} |"
+                f"{share_text(share)} | >= {target:.0%} | {status} |"
             )
     if near_chance:
         lines += [
@@ -685,8 +681,8 @@ def paired_share_lines(paired: Sequence[dict[str, Any]]) -> list[str]:
                 status = "met"
             lines.append(
                 f"| {row.label} | {pct(row.mean)} | {row.share:.1%} | "
-                + (f"{percent_or_dash(row.share_informative)} | " if dropped else "")
-                + (f"{percent_or_dash(row.share_of_control)} | " if controlled else "")
+                + (f"{share_text(row.share_informative)} | " if dropped else "")
+                + (f"{share_text(row.share_of_control)} | " if controlled else "")
                 + f"{status} |"
             )
         lines.append("")

@@ -506,9 +506,9 @@ def shares(data: dict[str, Any]) -> tuple[float | None, list[ShareRow]]:
     return dense, rows
 
 
-def percent_or_dash(share: float | None) -> str:
+def share_text(share: float | None) -> str:
     """`share` as a percentage with one decimal, or a dash for a share not measured."""
-    return "—" if share is None else f"{100 * share:.1f}%"
+    return "—" if share is None else f"{share:.1%}"
 
 
 def verdict_text(paired) -> str:
@@ -623,9 +623,9 @@ def render(data: dict[str, Any]) -> str:
             "|---|---|---|" + ("---|" if split else "") + ("---|" if controlled else ""),
         ]
         lines += [
-            f"| {row.label} | {100 * row.mean:.1f} | {percent_or_dash(row.share)} |"
-            + (f" {percent_or_dash(row.share_informative)} |" if split else "")
-            + (f" {percent_or_dash(row.share_of_control)} |" if controlled else "")
+            f"| {row.label} | {100 * row.mean:.1f} | {share_text(row.share)} |"
+            + (f" {share_text(row.share_informative)} |" if split else "")
+            + (f" {share_text(row.share_of_control)} |" if controlled else "")
             for row in share_rows
         ]
     ppl_rows = [
