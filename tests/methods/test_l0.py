@@ -474,9 +474,16 @@ class StopAt(TrainerCallback):
             control.should_training_stop = True
 
 
-def _resume_run(tmp_path, name, resume=False, stop_at=None):
+def _resume_run(tmp_path, name, resume=False, stop_at=None, constraint="equality"):
     model = lora(make_tiny_model("mistral", num_hidden_layers=3, intermediate_size=64, seed=3))
-    config = L0Config(target_sparsity=0.3, sparsity_warmup_steps=2, snapshot_interval=0.001, mask_learning_rate=0.5)
+    config = L0Config(
+        target_sparsity=0.3,
+        sparsity_warmup_steps=2,
+        snapshot_interval=0.001,
+        mask_learning_rate=0.5,
+        sparsity_constraint=constraint,
+        droprate_init=0.01 if constraint == "equality" else 0.3,  # at_least: s_hat starts over t: a restart at step 1
+    )
     callback = PrunerCallback(config)
     args = training_args(tmp_path / name, max_steps=4, save_strategy="steps", save_steps=2, seed=7)
     callbacks = [callback] + ([StopAt(stop_at)] if stop_at else [])
@@ -485,12 +492,14 @@ def _resume_run(tmp_path, name, resume=False, stop_at=None):
     return trainer, callback.method
 
 
-def test_resume_equivalence(tmp_path):
-    """Train 4 steps vs train 2, checkpoint, resume to 4: same masks, multipliers, snapshots, weights and plan."""
-    full, full_method = _resume_run(tmp_path, "full")
-    _resume_run(tmp_path, "resumed", stop_at=2)  # interrupted after checkpoint-2
+@pytest.mark.parametrize("constraint", ["equality", "at_least"])
+def test_resume_equivalence(tmp_path, constraint):
+    """Train 4 steps vs train 2, checkpoint, resume to 4: same masks, multipliers, snapshots, weights and plan (with
+    "at_least", a restart may have left the multiplier's optimizer without state)."""
+    full, full_method = _resume_run(tmp_path, "full", constraint=constraint)
+    _resume_run(tmp_path, "resumed", stop_at=2, constraint=constraint)  # interrupted after checkpoint-2
     assert not (tmp_path / "resumed" / "run" / "checkpoint-4").exists()
-    resumed, resumed_method = _resume_run(tmp_path, "resumed", resume=True)
+    resumed, resumed_method = _resume_run(tmp_path, "resumed", resume=True, constraint=constraint)
     checkpoint4 = tmp_path / "resumed" / "run" / "checkpoint-4"
     first = load_file(str(tmp_path / "full" / "run" / "checkpoint-4" / "tailored_hf_state.safetensors"))
     second = load_file(str(checkpoint4 / "tailored_hf_state.safetensors"))
@@ -550,6 +559,7 @@ def test_nan_masks_stop_with_clear_message_and_keep_last_checkpoint(tmp_path):
         (dict(sparsity_warmup_ratio=1.0), "sparsity_warmup_ratio"),
         (dict(prune_heads=False, prune_ffn=False, prune_hidden=False), "Nothing to prune"),
         (dict(distill_layer_normalization="layer"), "distill_layer_normalization must be one of"),
+        (dict(sparsity_constraint="inequality"), "sparsity_constraint must be one of"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, message):
@@ -594,6 +604,45 @@ def test_lagrangian_drives_expected_sparsity_towards_the_target(tmp_path):
     end = method.plan.metadata["expected_sparsity_at_end"]
     assert method.plan.metadata["masks_converged"] == (abs(end - 0.3) <= config.target_tolerance)
     assert 0.3 <= method.plan.metadata["achieved_sparsity"] < 0.31  # the final masks hit the target regardless
+
+
+def test_at_least_constraint_keeps_a_non_negative_multiplier_and_restarts_it_at_the_target(tmp_path):
+    """`sparsity_constraint="at_least"`: lambda >= 0 pushes s_hat up while it is under the target, and is reset to 0
+    with its Adam state whenever s_hat reaches the target (dual restarts): no multiplier is left to carry s_hat on."""
+    config = L0Config(
+        target_sparsity=0.3,
+        distillation="none",
+        sparsity_warmup_steps=5,
+        sparsity_constraint="at_least",
+        lambda_learning_rate=0.5,
+        mask_learning_rate=0.3,
+    )
+    callback = PrunerCallback(config)
+    restarts = []
+    method: L0Pruner = callback.method
+
+    class Watch(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):  # runs after the pruner's on_step_end
+            with torch.no_grad():
+                s_hat = float(method.masks.expected_sparsity())
+            assert float(method.lambdas.min()) >= 0.0 and float(method.lambdas[1]) == 0.0
+            if s_hat >= method.current_target():
+                assert float(method.lambdas[0]) == 0.0 and not method.lambda_optimizer.state
+                restarts.append(state.global_step)
+
+    args = training_args(tmp_path, max_steps=60, per_device_train_batch_size=2, logging_steps=1)
+    trainer = Trainer(
+        model=make_tiny_model("llama", num_hidden_layers=2, intermediate_size=32),
+        args=args,
+        train_dataset=token_rows(32, length=6),
+        callbacks=[callback, Watch()],
+    )
+    trainer.train()
+    s_hat = _logged(trainer, "pruning/s_hat")[:-1]
+    assert s_hat[0] < 0.01 and max(s_hat) >= 0.3 - config.target_tolerance
+    assert max(_logged(trainer, "pruning/lambda_1")) > 0.0  # the multiplier did push while s_hat lagged
+    assert any(step > config.sparsity_warmup_steps for step in restarts)  # restarted after reaching the full target
+    assert 0.3 <= method.plan.metadata["achieved_sparsity"] < 0.31
 
 
 def test_loss_term_scaling_for_accumulation_and_task_weight():

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from ..base import MethodConfig
 
 DISTILLATION_MODES = ("progressive", "kd", "none")
+#: How the expected sparsity is tied to its target (`L0Config.sparsity_constraint`).
+SPARSITY_CONSTRAINTS = ("equality", "at_least")
 #: How the layer-wise distillation term is normalised (`L0Config.distill_layer_normalization`).
 LAYER_LOSS_NORMALIZATIONS = ("token", "none")
 MAX_TARGET_SPARSITY = 0.9
@@ -83,6 +85,16 @@ class L0Config(MethodConfig):
     )
     lambda_learning_rate: float = field(
         default=0.1, metadata={"help": "Adam learning rate of the Lagrange multipliers (gradient ascent)."}
+    )
+    sparsity_constraint: str = field(
+        default="equality",
+        metadata={
+            "help": "'equality' (NutePrune / CoFi): lambda1 (s_hat - t) + lambda2 (s_hat - t)^2 with free-sign "
+            "multipliers; they keep growing while s_hat lags the target and carry s_hat past it afterwards "
+            "(wind-up). 'at_least': the constraint s_hat >= t with one multiplier lambda >= 0 on (t - s_hat) and "
+            "dual restarts (Gallego-Posada et al., NeurIPS 2022): lambda and its optimizer state are reset to 0 "
+            "whenever s_hat reaches t, so nothing winds up and the LM loss alone holds s_hat at the target."
+        },
     )
     sparsity_warmup_ratio: float = field(
         default=DEFAULT_WARMUP_RATIO,
@@ -196,6 +208,10 @@ class L0Config(MethodConfig):
             )
         if not 0.0 <= self.target_tolerance < self.target_sparsity:
             raise ValueError(f"target_tolerance must be in [0, target_sparsity), got {self.target_tolerance}.")
+        if self.sparsity_constraint not in SPARSITY_CONSTRAINTS:
+            raise ValueError(
+                f"sparsity_constraint must be one of {SPARSITY_CONSTRAINTS}, got {self.sparsity_constraint!r}."
+            )
         if self.distillation not in DISTILLATION_MODES:
             raise ValueError(f"distillation must be one of {DISTILLATION_MODES}, got {self.distillation!r}.")
         if not 0.0 < self.snapshot_interval < 1.0:

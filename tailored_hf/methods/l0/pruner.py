@@ -7,7 +7,8 @@ Where things live and how they reach the optimizer:
   own Adam optimizers (masks lr 0.1, multipliers by gradient *ascent*) in `on_optimizer_step`;
 * the masks act through the structure engine's `RuntimeMasks` hooks: a hard-concrete sample per training forward,
   deterministic 0/1 masks in eval mode;
-* `peft_wrappers.add_loss_term` adds lambda1 (s_hat - t) + lambda2 (s_hat - t)^2 and the distillation terms to
+* `peft_wrappers.add_loss_term` adds lambda1 (s_hat - t) + lambda2 (s_hat - t)^2 (or, with
+  `sparsity_constraint="at_least"`, lambda (t - s_hat) with lambda >= 0 and dual restarts) and the distillation terms to
   `output.loss` on training forwards (and to the per-token log-probs TRL's fused LM head builds its loss from), so
   the Trainer back-propagates them with its own loss;
 * a forward pre-hook on the model runs the teacher first (no grad, decoder stack only): snapshot masks + weights
@@ -264,6 +265,8 @@ class L0Pruner(PruningMethod):
             raise MaskDivergenceError(
                 f"Expected sparsity became {s_hat} at step {self.step}. {self._last_checkpoint_hint()}"
             )
+        if self.config.sparsity_constraint == "at_least":
+            self._project_multiplier(s_hat)
         if self.distills:
             named = {k: v.detach() for k, v in self.masks.named_log_alphas().items()}
             self.teachers.maybe_snapshot(s_hat, self.step, named, self._params)
@@ -435,10 +438,12 @@ class L0Pruner(PruningMethod):
         if not self._active:
             return None
         cfg = self.config
-        s_hat = self.masks.expected_sparsity()
-        gap = s_hat - self.current_target()
-        lambda1, lambda2 = self.lambdas[0], self.lambdas[1]
-        lagrangian = (lambda1 * gap + lambda2 * gap * gap).to(output.loss.dtype)
+        gap = self.masks.expected_sparsity() - self.current_target()
+        if cfg.sparsity_constraint == "at_least":  # lambda >= 0 on the violation t - s_hat
+            lagrangian = (self.lambdas[0] * -gap).to(output.loss.dtype)
+        else:
+            lambda1, lambda2 = self.lambdas[0], self.lambdas[1]
+            lagrangian = (lambda1 * gap + lambda2 * gap * gap).to(output.loss.dtype)
         extra = lagrangian
         parts = {"lagrangian_loss": lagrangian.detach()}
         teacher, self._teacher_out = self._teacher_out, None
@@ -472,6 +477,16 @@ class L0Pruner(PruningMethod):
         return logit_distillation(head(student_final), head(teacher_final), temperature)  # e.g. a LoRA-wrapped head
 
     # ------------------------------------------------------------------ helpers
+    def _project_multiplier(self, s_hat: float) -> None:
+        """`sparsity_constraint="at_least"`: restart lambda (value and Adam state) at 0 once the constraint s_hat >= t
+        holds, so that no multiplier built up while s_hat lagged carries it past the target, and whenever the ascent
+        step took it to 0 or below (the projection onto lambda >= 0: the momentum it kept would point the wrong way
+        once the constraint is violated again, e.g. when the warm-up raises t)."""
+        if s_hat >= self.current_target() or float(self.lambdas[0]) <= 0.0:
+            with torch.no_grad():
+                self.lambdas.zero_()
+            self.lambda_optimizer.state.clear()  # Adam starts its moments (and bias correction) afresh
+
     def _refresh_metrics(self, s_hat: float | None = None) -> None:
         if s_hat is None:
             with torch.no_grad():
