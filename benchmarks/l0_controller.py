@@ -4,10 +4,11 @@ NutePrune trains its masks for 7 epochs; `benchmarks/tailored_llama.py` trains t
 C4 window (`tailored_llama.NUTEPRUNE_ARGS`). There the expected sparsity `s_hat` lags the target schedule: the
 multipliers grow by about the Lagrange learning rate per step, and the masks only move once they outweigh the LM
 loss. Whatever `s_hat` has not reached at the last step, the final deterministic pruning removes at once, with no
-training left to recover.
+training left to recover. Faster multipliers reach the target sooner but wind up and carry `s_hat` past it;
+`L0Config(sparsity_constraint="at_least")` (a multiplier >= 0 with dual restarts) is the variant without wind-up.
 
 This script trains NutePrune's L0 masks (no distillation, `tailored_llama`'s "l0" configuration) at one ratio and the
-same budget for each Lagrange (and mask) learning rate given, and reports the `s_hat` trajectory, the step at which
+same budget for each sparsity constraint and Lagrange (and mask) learning rate given, and reports the `s_hat` trajectory, the step at which
 `s_hat` first comes within the tolerance of the full target, and two perplexities of the merged, physically pruned
 model: on held-out C4 (windows from C4 documents the training windows were not drawn from: the selection criterion,
 the training distribution, no benchmark item involved) and on WikiText-2 (40 windows of 128 tokens, as the report's
@@ -54,8 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--settings",
         nargs="+",
-        default=["0.1:0.1", "0.3:0.1", "0.1:0.3"],
-        help="'<lambda_learning_rate>:<mask_learning_rate>' pairs (L0Config's defaults: 0.1:0.1)",
+        default=["0.1:0.1", "0.3:0.1", "0.1:0.3", "0.1:0.1:at_least", "0.3:0.1:at_least"],
+        help="'<lambda_learning_rate>:<mask_learning_rate>[:<sparsity_constraint>]' (L0Config's defaults: "
+        "0.1:0.1:equality)",
     )
     parser.add_argument("--heldout-windows", type=int, default=64, help="held-out C4 windows of 128 tokens")
     parser.add_argument("--ppl-windows", type=int, default=40, help="WikiText-2 windows of 128 tokens")
@@ -98,8 +100,14 @@ def perplexities(model, heldout: torch.Tensor, wikitext: torch.Tensor, args: arg
     }
 
 
+def parse_setting(setting: str) -> tuple[float, float, str]:
+    """`'<lambda lr>:<mask lr>[:<sparsity_constraint>]'` -> (lambda lr, mask lr, constraint; default "equality")."""
+    lambda_lr, mask_lr, *constraint = setting.split(":")
+    return float(lambda_lr), float(mask_lr), constraint[0] if constraint else "equality"
+
+
 def run_setting(
-    lambda_lr: float, mask_lr: float, args: argparse.Namespace, heldout: torch.Tensor, wikitext: torch.Tensor
+    setting: str, args: argparse.Namespace, heldout: torch.Tensor, wikitext: torch.Tensor
 ) -> dict[str, Any]:
     import nuteprune
 
@@ -107,19 +115,25 @@ def run_setting(
     from tailored_hf.methods.l0 import L0Config
     from tailored_hf.structure import count_parameters
 
+    lambda_lr, mask_lr, constraint = parse_setting(setting)
     train_args = nuteprune_args(args)
     model, tokenizer = load_model(args.model)
     dense = count_parameters(model)
     config = L0Config(
-        target_sparsity=args.ratio, distillation="none", lambda_learning_rate=lambda_lr, mask_learning_rate=mask_lr
+        target_sparsity=args.ratio,
+        distillation="none",
+        lambda_learning_rate=lambda_lr,
+        mask_learning_rate=mask_lr,
+        sparsity_constraint=constraint,
     )
-    tag = f"controller_{lambda_lr:g}_{mask_lr:g}"
+    tag = f"controller_{lambda_lr:g}_{mask_lr:g}" + ("" if constraint == "equality" else f"_{constraint}")
     merged, info = nuteprune.train_lora(model, tokenizer, train_args, [PrunerCallback(config)], tag)
     s_hat = {e["step"]: e["pruning/s_hat"] for e in info["log"] if "pruning/s_hat" in e}
     target_t = {e["step"]: e["pruning/target_t"] for e in info["log"] if "pruning/target_t" in e}
     return {
         "lambda_learning_rate": lambda_lr,
         "mask_learning_rate": mask_lr,
+        "sparsity_constraint": constraint,
         "removed": 1 - count_parameters(merged) / dense,
         "s_hat": s_hat,
         "target_t": target_t,
@@ -149,13 +163,22 @@ def main() -> None:
     for setting in args.settings:
         if setting in data["runs"]:
             continue
-        lambda_lr, mask_lr = (float(x) for x in setting.split(":"))
         start = time.perf_counter()
-        data["runs"][setting] = run_setting(lambda_lr, mask_lr, args, heldout, wikitext)
+        data["runs"][setting] = run_setting(setting, args, heldout, wikitext)
         logger.info("%s done in %.0fs", setting, time.perf_counter() - start)
         atomic_write_text(path, json.dumps(data, indent=1))
     atomic_write_text(Path(args.out + ".md"), render(data))
     print(render(data))
+
+
+def constraint_of(run: dict[str, Any]) -> str:
+    """The run's `sparsity_constraint` (runs saved before the option existed used "equality")."""
+    return run.get("sparsity_constraint", "equality")
+
+
+def run_label(run: dict[str, Any]) -> str:
+    """`'<constraint>, lambda lr <x>, mask lr <y>'` for the report's prose."""
+    return f"{constraint_of(run)}, lambda lr {run['lambda_learning_rate']:g}, mask lr {run['mask_learning_rate']:g}"
 
 
 def final_s_hat(run: dict[str, Any]) -> float:
@@ -169,16 +192,18 @@ def render(data: dict[str, Any]) -> str:
         f"# L0 controller at {s['ratio']:.0%} within the C4 budget (SmolLM2-135M-Instruct)",
         "",
         "NutePrune's L0 masks, no distillation, trained with their LoRA on `tailored_llama.NUTEPRUNE_ARGS` (500 steps "
-        "x one 128-token C4 window); per Lagrange / mask learning rate: the expected sparsity `s_hat` at steps "
+        "x one 128-token C4 window); per sparsity constraint (`L0Config.sparsity_constraint`: NutePrune's "
+        "`equality` Lagrangian, or `at_least` with a non-negative multiplier and dual restarts) and Lagrange / mask "
+        "learning rate: the expected sparsity `s_hat` at steps "
         f"{', '.join(map(str, TRAJECTORY_STEPS))} (target schedule: linear warm-up, then {s['ratio']:.0%}), the "
         "first logged step within the tolerance of the target, and the perplexities of the merged, physically pruned "
         f"model: held-out C4 ({s['heldout_windows']} windows from documents the training did not draw from; the "
         f"criterion) and WikiText-2 ({s['ppl_windows']} windows of 128 tokens).",
         "",
-        "| lambda lr | mask lr | "
+        "| constraint | lambda lr | mask lr | "
         + " | ".join(f"s_hat @{step}" for step in TRAJECTORY_STEPS)
         + " | target reached at step | removed | held-out C4 ppl | WikiText-2 ppl | train s |",
-        "|---|---|" + "---|" * len(TRAJECTORY_STEPS) + "---|---|---|---|---|",
+        "|---|---|---|" + "---|" * len(TRAJECTORY_STEPS) + "---|---|---|---|---|",
     ]
     for run in data["runs"].values():
         s_hat = {int(k): v for k, v in run["s_hat"].items()}
@@ -188,7 +213,7 @@ def render(data: dict[str, Any]) -> str:
             return f"{100 * s_hat[max(logged)]:.1f}%" if logged else "—"
 
         lines.append(
-            f"| {run['lambda_learning_rate']:g} | {run['mask_learning_rate']:g} | "
+            f"| {constraint_of(run)} | {run['lambda_learning_rate']:g} | {run['mask_learning_rate']:g} | "
             + " | ".join(at(step) for step in TRAJECTORY_STEPS)
             + f" | {run['reached_at'] or 'not reached'} | {100 * run['removed']:.1f}% | {run['heldout_c4_ppl']:.1f} | "
             f"{run['wikitext2_ppl']:.1f} | {run['train_seconds']:.0f} |"
@@ -198,13 +223,8 @@ def render(data: dict[str, Any]) -> str:
         best = min(runs, key=lambda run: run["heldout_c4_ppl"])
         lines += [
             "",
-            f"Lowest held-out C4 perplexity: lambda lr {best['lambda_learning_rate']:g}, mask lr "
-            f"{best['mask_learning_rate']:g}. At the end of training, s_hat minus the target: "
-            + ", ".join(
-                f"{r['lambda_learning_rate']:g} / {r['mask_learning_rate']:g}: "
-                f"{100 * (final_s_hat(r) - s['ratio']):+.1f} points"
-                for r in runs
-            )
+            f"Lowest held-out C4 perplexity: {run_label(best)}. At the end of training, s_hat minus the target: "
+            + "; ".join(f"{run_label(r)}: {100 * (final_s_hat(r) - s['ratio']):+.1f} points" for r in runs)
             + " (the final deterministic "
             "pruning removes exactly the target either way).",
         ]

@@ -289,7 +289,8 @@ class L0Pruner(PruningMethod):
                 "L0 masks did not converge: expected sparsity %.4f at the end vs target %.4f (tolerance %.4f). The "
                 "final masks were forced to the target by log_alpha ranking; train longer (the paper: 7 epochs with a "
                 "1-epoch warm-up). A higher mask_learning_rate or lambda_learning_rate reaches the target sooner but can "
-                "overshoot it; on SmolLM2-135M at 50%% in 500 steps that cost more perplexity than this shortfall.",
+                "overshoot it (sparsity_constraint='at_least' does not); on SmolLM2-135M at 50%% in 500 steps both cost "
+                "more perplexity than this shortfall.",
                 s_hat,
                 self.config.target_sparsity,
                 self.config.target_tolerance,
