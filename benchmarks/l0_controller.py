@@ -10,10 +10,11 @@ training left to recover. Faster multipliers reach the target sooner but wind up
 This script trains NutePrune's L0 masks (by default without distillation, `tailored_llama`'s "l0" configuration; the
 distilled runs are where the default controller falls furthest short) at one ratio and the same budget for each
 sparsity constraint, Lagrange (and mask) learning rate and distillation given, and reports the `s_hat` trajectory,
-the step at which `s_hat` first comes within the tolerance of the full target, and two perplexities of the merged, physically pruned
-model: on held-out C4 (windows from C4 documents the training windows were not drawn from: the selection criterion,
-the training distribution, no benchmark item involved) and on WikiText-2 (40 windows of 128 tokens, as the report's
-cells). No task accuracy is measured here, so choosing a setting from this table does not select on the 7 tasks.
+the step at which `s_hat` first comes within the tolerance of the full target, and two perplexities of the merged,
+physically pruned model: on held-out C4 (windows from C4 documents the training windows were not drawn from: the
+selection criterion, the training distribution, no benchmark item involved) and on WikiText-2 (40 windows of 128
+tokens, as the report's cells). Task accuracy is scored only on request (`--task-accuracy`, after the settings were
+run) and chooses nothing, so choosing a setting from this table does not select on the 7 tasks.
 
     .venv/bin/python benchmarks/l0_controller.py                                   # 50%, ~5 min per setting
     .venv/bin/python benchmarks/l0_controller.py --report-only
@@ -84,8 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--task-accuracy",
         action="store_true",
         help=f"also score the 7 tasks as `benchmarks/nuteprune.py` does (first {TASK_ITEMS} items each, WikiText-2 "
-        "over 128 windows); settings saved without these scores are trained again. Reported beside the perplexities, never "
-        "used to choose a setting",
+        "over 128 windows); settings saved without these scores are trained again. Reported beside the "
+        "perplexities, never used to choose a setting",
     )
     return parser.parse_args(argv)
 
@@ -286,7 +287,8 @@ def render(data: dict[str, Any]) -> str:
                 "Held-out C4 perplexity is the loss the runs without distillation train on (the LM loss on C4); the "
                 "distilled runs train on their teachers' outputs alone (`task_loss_weight` 0, the paper's choice), so "
                 "this criterion favours the undistilled runs: compare the distilled runs with one another here, and "
-                "with the undistilled ones on task accuracy (`benchmarks/nuteprune.py`).",
+                "with the undistilled ones on task accuracy (`--task-accuracy`, below when measured, and "
+                "`benchmarks/results/nuteprune.md`).",
             ]
     lines += accuracy_lines(data["runs"], s["ratio"])
     lines += reproduce_lines("l0_controller.py", s["ratio"])

@@ -8,9 +8,9 @@ Where things live and how they reach the optimizer:
 * the masks act through the structure engine's `RuntimeMasks` hooks: a hard-concrete sample per training forward,
   deterministic 0/1 masks in eval mode;
 * `peft_wrappers.add_loss_term` adds lambda1 (s_hat - t) + lambda2 (s_hat - t)^2 (or, with
-  `sparsity_constraint="at_least"`, lambda (t - s_hat) with lambda >= 0 and dual restarts) and the distillation terms to
-  `output.loss` on training forwards (and to the per-token log-probs TRL's fused LM head builds its loss from), so
-  the Trainer back-propagates them with its own loss;
+  `sparsity_constraint="at_least"`, lambda (t - s_hat) with lambda >= 0 and dual restarts) and the distillation
+  terms to `output.loss` on training forwards (and to the per-token log-probs TRL's fused LM head builds its loss
+  from), so the Trainer back-propagates them with its own loss;
 * a forward pre-hook on the model runs the teacher first (no grad, decoder stack only): snapshot masks + weights
   swapped into the same model, the student's weights restored bit for bit before the student forward starts; hooks
   capture the student's layer outputs and final hidden states, and the logit KL is computed in token chunks from
@@ -288,9 +288,9 @@ class L0Pruner(PruningMethod):
             logger.warning(
                 "L0 masks did not converge: expected sparsity %.4f at the end vs target %.4f (tolerance %.4f). The "
                 "final masks were forced to the target by log_alpha ranking; train longer (the paper: 7 epochs with a "
-                "1-epoch warm-up). A higher mask_learning_rate or lambda_learning_rate reaches the target sooner but can "
-                "overshoot it (sparsity_constraint='at_least' does not); on SmolLM2-135M at 50%% in 500 steps both cost "
-                "more perplexity than this shortfall.",
+                "1-epoch warm-up). A higher mask_learning_rate or lambda_learning_rate reaches the target sooner "
+                "but can overshoot it (sparsity_constraint='at_least' does not); on SmolLM2-135M at 50%% in 500 "
+                "steps both cost more perplexity than this shortfall.",
                 s_hat,
                 self.config.target_sparsity,
                 self.config.target_tolerance,
