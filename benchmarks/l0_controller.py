@@ -47,6 +47,19 @@ TRAJECTORY_STEPS = (100, 200, 300, 400, 500)
 #: Items per task of `--task-accuracy`: those of `benchmarks/results/nuteprune.md`'s quality rows (`--eval-limit 200`).
 TASK_ITEMS = 200
 RUN_OPTIONS = ("out", "report_only", "settings", "task_accuracy")
+#: The settings a plain run measures: `<lambda lr>:<mask lr>[:<sparsity_constraint>[:<distillation>]]`.
+DEFAULT_SETTINGS = (
+    "0.1:0.1",
+    "0.3:0.1",
+    "0.1:0.3",
+    "0.1:0.1:at_least",
+    "0.3:0.1:at_least",
+    "0.2:0.1:at_least",
+    "0.1:0.1:equality:progressive",
+    "0.3:0.1:at_least:progressive",
+    "0.2:0.1:at_least:progressive",
+    "0.6:0.1:at_least:progressive",
+)
 #: A setting's sparsity constraint and distillation when it does not name them.
 SETTING_DEFAULTS = ("equality", "none")
 
@@ -61,25 +74,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--settings",
         nargs="+",
-        default=[
-            "0.1:0.1",
-            "0.3:0.1",
-            "0.1:0.3",
-            "0.1:0.1:at_least",
-            "0.3:0.1:at_least",
-            "0.2:0.1:at_least",
-            "0.1:0.1:equality:progressive",
-            "0.3:0.1:at_least:progressive",
-            "0.2:0.1:at_least:progressive",
-            "0.6:0.1:at_least:progressive",
-        ],
+        default=list(DEFAULT_SETTINGS),
         help="'<lambda_learning_rate>:<mask_learning_rate>[:<sparsity_constraint>[:<distillation>]]' (L0Config's "
         "defaults: 0.1:0.1:equality; distillation 'none' unless given, as `tailored_llama`'s \"l0\" cells)",
     )
     parser.add_argument("--heldout-windows", type=int, default=64, help="held-out C4 windows of 128 tokens")
     parser.add_argument("--ppl-windows", type=int, default=40, help="WikiText-2 windows of 128 tokens")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument(
+        "--out", help=f"results path without suffix (default: {RESULTS.relative_to(ROOT)}, `_<percent>` added off 50%)"
+    )
     parser.add_argument("--report-only", action="store_true", help="render the Markdown from the cached runs only")
     parser.add_argument(
         "--task-accuracy",
@@ -88,7 +92,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "over 128 windows); settings saved without these scores are trained again. Reported beside the "
         "perplexities, never used to choose a setting",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = str(RESULTS) + ("" if args.ratio == 0.5 else f"_{round(100 * args.ratio)}")
+    return args
 
 
 def heldout_c4(tokenizer, args: argparse.Namespace, train_args: argparse.Namespace) -> torch.Tensor:
@@ -291,7 +298,9 @@ def render(data: dict[str, Any]) -> str:
                 "`benchmarks/results/nuteprune.md`).",
             ]
     lines += accuracy_lines(data["runs"], s["ratio"])
-    lines += reproduce_lines("l0_controller.py", s["ratio"])
+    settings = list(data["runs"])
+    extra = "" if settings == list(DEFAULT_SETTINGS) else f" --settings {' '.join(settings)}"
+    lines += reproduce_lines("l0_controller.py", s["ratio"], extra)
     return "\n".join(lines)
 
 
@@ -322,7 +331,8 @@ def accuracy_lines(runs: dict[str, dict[str, Any]], ratio: float) -> list[str]:
     lines += [
         "",
         f"Scored with `.venv/bin/python benchmarks/l0_controller.py{ratio_option} --task-accuracy --settings "
-        f"{' '.join(scored_settings)}` (the models are trained again: their perplexities and `s_hat` reproduced).",
+        f"{' '.join(scored_settings)}` (a setting saved without scores is trained again for them; every retrained one "
+        "reproduced its perplexities and `s_hat`).",
     ]
     return lines
 
@@ -337,10 +347,11 @@ def resumed(path: Path, fresh: dict[str, Any]) -> dict[str, Any]:
     return fresh
 
 
-def reproduce_lines(script: str, ratio: float) -> list[str]:
-    """The report's closing "Reproduce:" line for `benchmarks/<script>` at `ratio` (0.5 is the default)."""
+def reproduce_lines(script: str, ratio: float, extra: str = "") -> list[str]:
+    """The report's closing "Reproduce:" line for `benchmarks/<script>` at `ratio` (0.5 is the default), with
+    `extra` options appended."""
     ratio_option = f" --ratio {ratio}" if ratio != 0.5 else ""
-    return ["", f"Reproduce: `.venv/bin/python benchmarks/{script}{ratio_option}`.", ""]
+    return ["", f"Reproduce: `.venv/bin/python benchmarks/{script}{ratio_option}{extra}`.", ""]
 
 
 if __name__ == "__main__":
