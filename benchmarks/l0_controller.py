@@ -163,13 +163,7 @@ def run_setting(
     merged, info = nuteprune.train_lora(model, tokenizer, train_args, [PrunerCallback(config)], tag)
     s_hat = {e["step"]: e["pruning/s_hat"] for e in info["log"] if "pruning/s_hat" in e}
     target_t = {e["step"]: e["pruning/target_t"] for e in info["log"] if "pruning/target_t" in e}
-    accuracy = {}
-    if task_accuracy:  # `benchmarks/nuteprune.py`'s evaluation at the item count of its committed quality rows
-        scores = nuteprune.evaluate(
-            merged, tokenizer, argparse.Namespace(**{**vars(train_args), "eval_limit": TASK_ITEMS})
-        )
-        accuracy = {"accuracy": {k: scores[k] for k in ("tasks", "task_items", "mean_accuracy", "wikitext2_ppl")}}
-    return {
+    result = {
         "lambda_learning_rate": lambda_lr,
         "mask_learning_rate": mask_lr,
         "sparsity_constraint": constraint,
@@ -182,8 +176,13 @@ def run_setting(
         ),
         **perplexities(merged, heldout, wikitext, args),
         "train_seconds": info["train_seconds"],
-        **accuracy,
     }
+    if task_accuracy:  # `benchmarks/nuteprune.py`'s evaluation at the item count of its committed quality rows
+        scores = nuteprune.evaluate(
+            merged, tokenizer, argparse.Namespace(**{**vars(train_args), "eval_limit": TASK_ITEMS})
+        )
+        result["accuracy"] = {k: scores[k] for k in ("tasks", "task_items", "mean_accuracy", "wikitext2_ppl")}
+    return result
 
 
 def main() -> None:
