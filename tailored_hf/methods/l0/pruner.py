@@ -483,7 +483,7 @@ class L0Pruner(PruningMethod):
         holds, so that no multiplier built up while s_hat lagged carries it past the target, and whenever the ascent
         step took it to 0 or below (the projection onto lambda >= 0: the momentum it kept would point the wrong way
         once the constraint is violated again, e.g. when the warm-up raises t)."""
-        if s_hat >= self.current_target() or float(self.lambdas[0]) <= 0.0:
+        if s_hat >= self.current_target() or float(self.lambdas[0].detach()) <= 0.0:
             with torch.no_grad():
                 self.lambdas.zero_()
             self.lambda_optimizer.state.clear()  # Adam starts its moments (and bias correction) afresh
