@@ -192,10 +192,10 @@ def lora_model(model, args: argparse.Namespace):
     return get_peft_model(model, config)
 
 
-def l0_config(target: float, distillation: str):
+def l0_config(target: float, distillation: str, sparsity_constraint: str = "equality"):
     from tailored_hf.methods.l0 import L0Config
 
-    return L0Config(target_sparsity=target, distillation=distillation)
+    return L0Config(target_sparsity=target, distillation=distillation, sparsity_constraint=sparsity_constraint)
 
 
 # ---------------------------------------------------------------------------------------------- cost (subprocess)
@@ -416,9 +416,12 @@ def run_variant(variant: str, target: float, args: argparse.Namespace) -> dict[s
     return result
 
 
-def train_variant(variant: str, target: float, args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
-    """Prune to `target` with `variant` (L0 distillation mode or `depgraph`) and the LoRA training budget of `args`:
-    `(merged pruned model, tokenizer, {variant, target, parameter counts, train_seconds, log})`."""
+def train_variant(
+    variant: str, target: float, args: argparse.Namespace, sparsity_constraint: str = "equality"
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Prune to `target` with `variant` (L0 distillation mode, with `sparsity_constraint`, or `depgraph`) and the LoRA
+    training budget of `args`: `(merged pruned model, tokenizer, {variant, target, parameter counts, train_seconds,
+    log})`."""
     from tailored_hf import PrunerCallback, load_model
     from tailored_hf.methods.depgraph import DepGraphConfig
     from tailored_hf.structure import count_parameters
@@ -428,7 +431,7 @@ def train_variant(variant: str, target: float, args: argparse.Namespace) -> tupl
     if variant == "depgraph":
         config = DepGraphConfig(target_sparsity=target, calibration_source="c4", seed=args.seed)
     else:
-        config = l0_config(target, variant)
+        config = l0_config(target, variant, sparsity_constraint)
     merged, info = train_lora(model, tokenizer, args, [PrunerCallback(config)], f"{variant}_{int(100 * target)}")
     pruned = count_parameters(merged)
     info = {"variant": variant, "target": target, "params_dense": dense, "params_pruned": pruned} | info

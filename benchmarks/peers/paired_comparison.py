@@ -62,7 +62,15 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.append(str(ROOT / "benchmarks"))
 sys.path.append(str(ROOT / "benchmarks" / "peers"))
 
-from tailored_llama import CHANCE, EXTRA_CONFIGS, NEAR_CHANCE, add_recovery_arguments, c4_lora  # noqa: E402
+from tailored_llama import (  # noqa: E402
+    CHANCE,
+    EXTRA_CONFIGS,
+    NEAR_CHANCE,
+    add_recovery_arguments,
+    c4_lora,
+    config_at,
+    forget_other_config,
+)
 from torch_pruning_peer import IMPORTANCES, PeerBench, best_importance, tp_version  # noqa: E402
 
 from tailored_hf.eval import COMMONSENSE_TASKS, paired_mean_difference  # noqa: E402
@@ -284,12 +292,13 @@ class PairedBench(PeerBench):
     def tag(self) -> str:
         return f"{self.args.ratio:.0%}"
 
-    def record_params(self, name: str, model: torch.nn.Module) -> None:
+    def record_params(self, name: str, model: torch.nn.Module, config: dict[str, Any] | None = None) -> None:
+        """`model`'s parameter counts under `name`, with the `Bench.pruned` overrides it was made with (`config`)."""
         self.data.setdefault("params", {})[name] = {
             "dense": self.dense_params,
             "pruned": count_parameters(model),
             "achieved": 1 - count_parameters(model) / self.dense_params,
-        }
+        } | ({} if config is None else {"config": config})
 
     def model_cells(
         self, model: torch.nn.Module, prefix: str, shots: Iterable[int | None] = (), untuned: bool = True
@@ -346,9 +355,10 @@ def main() -> None:
         overrides = C4_MODELS[name][0]
         steps = overrides.get("c4_steps")
         budget_shots[steps] = list(dict.fromkeys(budget_shots.get(steps, []) + shots))
+        forget_other_config(bench.data, name, f"{bench.tag}/{name}", overrides, args.ratio)
         if bench.missing(f"{name}/pruned", *(f"{name}/{task_kind(k)}" for k in shots)):
             model, _ = bench.pruned(args.ratio, **overrides)
-            bench.record_params(name, model)
+            bench.record_params(name, model, config_at(overrides, args.ratio))
             bench.model_cells(model, name, shots)
             del model
     if args.dense:  # first: the dense + same tune controls are what the shares are read against
