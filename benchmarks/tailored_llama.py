@@ -73,6 +73,7 @@ EXTRA_CONFIGS: dict[str, dict[str, Any]] = {
 #: ("equality"): chosen on held-out C4 perplexity by `benchmarks/l0_controller.py` at `NUTEPRUNE_ARGS`, no task scored
 #: in the choice. At 20% the default's expected sparsity overshoots to 29.7% during training (held-out C4 ppl 128.6)
 #: where "at_least" ends on the target (93.9); at 50% the default is the lowest (386.9; "at_least" at best 442.1).
+#: Applied at every C4 budget (`c4_steps`), though chosen at 500 steps.
 L0_SPARSITY_CONSTRAINTS: dict[float, str] = {0.2: "at_least"}
 #: The configurations whose "no tune" row already carries the C4 LoRA budget of `NUTEPRUNE_ARGS`: compared with a
 #: peer after the same C4 LoRA, not with a peer left untrained.
