@@ -31,6 +31,7 @@ from tailored_llama import (
     C4_BUDGET_CONFIGS,
     CHANCE,
     EXTRA_LABELS,
+    L0_SPARSITY_CONSTRAINTS,
     NEAR_CHANCE,
     c4_budget_text,
     extra_configs,
@@ -509,7 +510,9 @@ def c4_budget_lines(ours: dict[str, Any], peer: dict[str, Any]) -> list[str]:
         f"At the same generic training budget ({c4_budget_text()}): NutePrune's L0 masks learn which units to remove "
         "while their LoRA trains on C4, so the fair peer is Torch-Pruning's pruned model (the importance used for "
         "the task LoRA above) after the same C4 LoRA; our pass after it is the control that separates the masks' "
-        "gain from the training's.",
+        "gain from the training's. The masks' `L0Config.sparsity_constraint`: "
+        + ", ".join(f"{c!r} at {r:.0%}" for r, c in L0_SPARSITY_CONSTRAINTS.items())
+        + " (chosen on held-out C4 perplexity by `benchmarks/l0_controller.py`), NutePrune's 'equality' elsewhere.",
         "",
         "| ratio | model | 7-task mean, after the C4 LoRA | WikiText-2 ppl | + task LoRA (K=50) | ours ahead of the peer? |",
         "|---|---|---|---|---|---|",
