@@ -650,6 +650,50 @@ def test_at_least_constraint_keeps_a_non_negative_multiplier_and_restarts_it_at_
     assert 0.3 <= method.plan.metadata["achieved_sparsity"] < 0.31
 
 
+@pytest.mark.parametrize("constraint", ["equality", "at_least"])
+def test_a_step_reads_the_device_once_before_the_update_and_once_after(tmp_path, monkeypatch, constraint):
+    """Each host read of a tensor (`bool`, `float`, `.item()`, `.tolist()`) is a GPU synchronisation: per optimizer
+    step the L0 handlers make two, the finiteness check before the update and one copy of s_hat, the multipliers and
+    the loss parts after it; the step's begin (the teacher choice) reuses that s_hat."""
+    config = L0Config(
+        target_sparsity=0.3, distillation="progressive", sparsity_warmup_steps=2, sparsity_constraint=constraint
+    )
+    callback = PrunerCallback(config)
+    method: L0Pruner = callback.method
+    events = ("on_step_begin", "on_pre_optimizer_step", "on_step_end")
+    reads = dict.fromkeys(events, 0)
+    inside: list[str] = []
+    for name in ("__bool__", "__float__", "item", "tolist"):
+
+        def counted(tensor, *args, _original=getattr(torch.Tensor, name), **kwargs):
+            if inside:
+                reads[inside[-1]] += 1
+            return _original(tensor, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    for event in events:
+
+        def handler(*args, _event=event, _handler=getattr(method, event), **kwargs):
+            inside.append(_event)
+            try:
+                return _handler(*args, **kwargs)
+            finally:
+                inside.pop()
+
+        monkeypatch.setattr(method, event, handler)
+    steps = 6
+    trainer = Trainer(
+        model=lora(make_tiny_model("llama", num_hidden_layers=2, intermediate_size=32)),
+        args=training_args(tmp_path, max_steps=steps, per_device_train_batch_size=2, logging_steps=1),
+        train_dataset=token_rows(16, length=6),
+        callbacks=[callback],
+    )
+    trainer.train()
+    assert reads == {"on_step_begin": 0, "on_pre_optimizer_step": steps, "on_step_end": steps}
+    logged = trainer.state.log_history[0]
+    assert {"pruning/s_hat", "pruning/lambda_1", "pruning/lagrangian_loss", "pruning/kd_logit_loss"} <= set(logged)
+
+
 def test_loss_term_scaling_for_accumulation_and_task_weight():
     """`add_loss_term` weights a term by the micro-batch's share n / N of the step's trained tokens when the Trainer
     normalises by `num_items_in_batch` (so it counts once per optimizer step over accumulation and ranks);

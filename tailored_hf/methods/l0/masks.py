@@ -244,10 +244,10 @@ class L0Masks(nn.Module):
         for param in self.parameters():
             param.clamp_(-self.config.log_alpha_bound, self.config.log_alpha_bound)
 
-    def non_finite(self) -> list[str]:
-        """Names of log_alpha tensors (or their gradients) holding NaN / inf (one device synchronisation when all
-        are finite, the common case)."""
-        params = dict(self.named_parameters())
+    def non_finite(self, extra: dict[str, torch.Tensor] | None = None) -> list[str]:
+        """Names of log_alpha tensors and of the `extra` named tensors (or of their gradients) holding NaN / inf (one
+        device synchronisation when all are finite, the common case)."""
+        params = dict(self.named_parameters()) | (extra or {})
         tensors = [*params.values(), *(p.grad for p in params.values() if p.grad is not None)]
         if bool(torch.isfinite(torch.cat([t.detach().flatten() for t in tensors])).all()):
             return []

@@ -223,19 +223,13 @@ class L0Pruner(PruningMethod):
             return
         state = context.get("state")
         self.step = int(getattr(state, "global_step", self.step))
-        if self.distills:
-            with torch.no_grad():
-                s_hat = float(self.masks.expected_sparsity())
-            self._teacher_index = self.teachers.choose(s_hat, self.step, self.max_steps)
+        if self.distills:  # s_hat as read at the last step's end (or the train begin): the masks have not moved since
+            self._teacher_index = self.teachers.choose(self.metrics["s_hat"], self.step, self.max_steps)
 
     def on_pre_optimizer_step(self, model: nn.Module, **context: Any) -> None:
         if not self._active:
             return
-        bad = self.masks.non_finite()
-        if not torch.isfinite(self.lambdas).all() or (
-            self.lambdas.grad is not None and not torch.isfinite(self.lambdas.grad).all()
-        ):
-            bad.append("lambdas")
+        bad = self.masks.non_finite(extra={"lambdas": self.lambdas})
         if bad:
             raise MaskDivergenceError(
                 f"L0 masks diverged at optimizer step {self.step}: non-finite values in {', '.join(bad[:6])}. Training "
@@ -259,19 +253,19 @@ class L0Pruner(PruningMethod):
             return
         state = context.get("state")
         self.step = int(getattr(state, "global_step", self.step + 1))
-        with torch.no_grad():
-            s_hat = float(self.masks.expected_sparsity())
+        self._read_scalars()
+        s_hat = self.metrics["s_hat"]
         if not math.isfinite(s_hat):
             raise MaskDivergenceError(
                 f"Expected sparsity became {s_hat} at step {self.step}. {self._last_checkpoint_hint()}"
             )
         if self.config.sparsity_constraint == "at_least":
-            self._project_multiplier(s_hat)
+            self._project_multiplier(s_hat, self.metrics["lambda_1"])
         if self.distills:
             named = {k: v.detach() for k, v in self.masks.named_log_alphas().items()}
             self.teachers.maybe_snapshot(s_hat, self.step, named, self._params)
             self.teachers.update_reached(s_hat, self.step, warmup_done=self.step >= self.warmup_steps)
-        self._refresh_metrics(s_hat)
+            self._refresh_teacher_metrics()
 
     def on_train_end(self, model: nn.Module, **context: Any) -> None:
         """Deterministic masks hitting the target -> `PruningPlan` -> physical removal by the structure engine."""
@@ -478,29 +472,33 @@ class L0Pruner(PruningMethod):
         return logit_distillation(head(student_final), head(teacher_final), temperature)  # e.g. a LoRA-wrapped head
 
     # ------------------------------------------------------------------ helpers
-    def _project_multiplier(self, s_hat: float) -> None:
+    def _project_multiplier(self, s_hat: float, lambda_1: float) -> None:
         """`sparsity_constraint="at_least"`: restart lambda (value and Adam state) at 0 once the constraint s_hat >= t
         holds, so that no multiplier built up while s_hat lagged carries it past the target, and whenever the ascent
         step took it to 0 or below (the projection onto lambda >= 0: the momentum it kept would point the wrong way
         once the constraint is violated again, e.g. when the warm-up raises t)."""
-        if s_hat >= self.current_target() or float(self.lambdas[0].detach()) <= 0.0:
+        if s_hat >= self.current_target() or lambda_1 <= 0.0:
             with torch.no_grad():
                 self.lambdas.zero_()
             self.lambda_optimizer.state.clear()  # Adam starts its moments (and bias correction) afresh
+            self.metrics.update(lambda_1=0.0, lambda_2=0.0)
 
-    def _refresh_metrics(self, s_hat: float | None = None) -> None:
-        if s_hat is None:
-            with torch.no_grad():
-                s_hat = float(self.masks.expected_sparsity())
-        self.metrics.update(
-            {
-                "s_hat": s_hat,
-                "target_t": self.current_target(),
-                "lambda_1": float(self.lambdas[0].detach()),
-                "lambda_2": float(self.lambdas[1].detach()),
-                **{name: float(value) for name, value in self._loss_parts.items()},
-            }
-        )
+    def _refresh_metrics(self) -> None:
+        self._read_scalars()
+        self._refresh_teacher_metrics()
+
+    def _read_scalars(self) -> None:
+        """s_hat, the multipliers and the last step's loss parts into `metrics`, copied from the device at once: one
+        synchronisation per optimizer step (`on_step_begin` and the at_least projection reuse these values)."""
+        with torch.no_grad():
+            s_hat = self.masks.expected_sparsity()
+            scalars = [s_hat, *self.lambdas.detach(), *self._loss_parts.values()]  # float64: exact for fp32 / bf16
+            values = torch.stack([v.reshape(()).to(s_hat.device, torch.float64) for v in scalars]).tolist()
+        s_hat, lambda_1, lambda_2, *parts = values
+        self.metrics.update(s_hat=s_hat, target_t=self.current_target(), lambda_1=lambda_1, lambda_2=lambda_2)
+        self.metrics.update(zip(self._loss_parts, parts))
+
+    def _refresh_teacher_metrics(self) -> None:
         if self.distills and self.teachers.snapshots:
             self.metrics.update(
                 {
