@@ -663,24 +663,29 @@ def test_a_step_reads_the_device_once_before_the_update_and_once_after(tmp_path,
     events = ("on_step_begin", "on_pre_optimizer_step", "on_step_end")
     reads = dict.fromkeys(events, 0)
     inside: list[str] = []
-    for name in ("__bool__", "__float__", "item", "tolist"):
 
-        def counted(tensor, *args, _original=getattr(torch.Tensor, name), **kwargs):
+    def counting(original):
+        def counted(tensor, *args, **kwargs):
             if inside:
                 reads[inside[-1]] += 1
-            return _original(tensor, *args, **kwargs)
+            return original(tensor, *args, **kwargs)
 
-        monkeypatch.setattr(torch.Tensor, name, counted)
-    for event in events:
+        return counted
 
-        def handler(*args, _event=event, _handler=getattr(method, event), **kwargs):
-            inside.append(_event)
+    def marking(event, handler):
+        def marked(*args, **kwargs):
+            inside.append(event)
             try:
-                return _handler(*args, **kwargs)
+                return handler(*args, **kwargs)
             finally:
                 inside.pop()
 
-        monkeypatch.setattr(method, event, handler)
+        return marked
+
+    for name in ("__bool__", "__float__", "item", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name)))
+    for event in events:
+        monkeypatch.setattr(method, event, marking(event, getattr(method, event)))
     steps = 6
     trainer = Trainer(
         model=lora(make_tiny_model("llama", num_hidden_layers=2, intermediate_size=32)),
