@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -135,3 +138,46 @@ def training_args(tmp_path, **overrides):
         disable_tqdm=True,
     )
     return TrainingArguments(**{**kwargs, **overrides})
+
+
+class HostReads:
+    """Counts host reads of tensors (`bool`, `float`, `int`, `.item()`, `.tolist()`), each a device synchronisation
+    on an accelerator, made inside `counting(label)` blocks (`counts[label]`)."""
+
+    METHODS = ("__bool__", "__float__", "__int__", "item", "tolist")
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.counts: Counter[str] = Counter()
+        self._labels: list[str] = []
+        for name in self.METHODS:
+            monkeypatch.setattr(torch.Tensor, name, self._counting(getattr(torch.Tensor, name)))
+
+    def _counting(self, original: Callable) -> Callable:
+        def counted(tensor, *args, **kwargs):
+            if self._labels:
+                self.counts[self._labels[-1]] += 1
+            return original(tensor, *args, **kwargs)
+
+        return counted
+
+    @contextmanager
+    def counting(self, label: str) -> Iterator[None]:
+        self._labels.append(label)
+        try:
+            yield
+        finally:
+            self._labels.pop()
+
+    def wrap(self, label: str, function: Callable) -> Callable:
+        """`function`, its host reads counted under `label`."""
+
+        def wrapped(*args, **kwargs):
+            with self.counting(label):
+                return function(*args, **kwargs)
+
+        return wrapped
+
+
+@pytest.fixture
+def host_reads(monkeypatch: pytest.MonkeyPatch) -> HostReads:
+    return HostReads(monkeypatch)

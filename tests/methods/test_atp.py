@@ -153,6 +153,21 @@ def test_decisions_emptying_a_group_are_clamped_and_reported():
 
 
 # ------------------------------------------------------------------------------------------------ forwards
+def test_generator_forward_reads_the_device_once(host_reads):
+    """The straight-through rounding and its clamp to the minimums run on the device; the kept counts behind the clamp
+    report come back in one read per forward, not one per layer and kind."""
+    geometry = ModelGeometry.from_config(make_tiny_model("llama").config)
+    cfg = ATPConfig(min_qk_pairs=2, min_v_dims=2, min_ffn_channels=2)
+    generator = DecisionGenerator(decision_lengths(geometry, cfg), cfg)
+    with host_reads.counting("forward"):
+        generator(sample=True, noise=torch.Generator().manual_seed(0))
+    assert host_reads.counts["forward"] == 1
+    soft = torch.tensor([0.9, 0.2, 0.7, 0.1])
+    for minimum, expected in ((0, [1.0, 0.0, 1.0, 0.0]), (2, [1.0, 0.0, 1.0, 0.0]), (3, [1.0, 1.0, 1.0, 0.0])):
+        decided, kept = straight_through(soft, minimum)  # the clamp changes nothing until it must
+        assert decided.tolist() == expected and int(kept) == 2
+
+
 def _lora_parts(module):
     name = next(iter(module.lora_A))
     return module.base_layer, module.lora_A[name].weight, module.lora_B[name].weight, module.scaling[name]

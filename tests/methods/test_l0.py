@@ -651,41 +651,18 @@ def test_at_least_constraint_keeps_a_non_negative_multiplier_and_restarts_it_at_
 
 
 @pytest.mark.parametrize("constraint", ["equality", "at_least"])
-def test_a_step_reads_the_device_once_before_the_update_and_once_after(tmp_path, monkeypatch, constraint):
-    """Each host read of a tensor (`bool`, `float`, `.item()`, `.tolist()`) is a GPU synchronisation: per optimizer
-    step the L0 handlers make two, the finiteness check before the update and one copy of s_hat, the multipliers and
-    the loss parts after it; the step's begin (the teacher choice) reuses that s_hat."""
+def test_a_step_reads_the_device_once_before_the_update_and_once_after(tmp_path, monkeypatch, host_reads, constraint):
+    """Each host read of a tensor is a GPU synchronisation: per optimizer step the L0 handlers make two, the
+    finiteness check before the update and one copy of s_hat, the multipliers and the loss parts after it; the step's
+    begin (the teacher choice) reuses that s_hat."""
     config = L0Config(
         target_sparsity=0.3, distillation="progressive", sparsity_warmup_steps=2, sparsity_constraint=constraint
     )
     callback = PrunerCallback(config)
     method: L0Pruner = callback.method
     events = ("on_step_begin", "on_pre_optimizer_step", "on_step_end")
-    reads = dict.fromkeys(events, 0)
-    inside: list[str] = []
-
-    def counting(original):
-        def counted(tensor, *args, **kwargs):
-            if inside:
-                reads[inside[-1]] += 1
-            return original(tensor, *args, **kwargs)
-
-        return counted
-
-    def marking(event, handler):
-        def marked(*args, **kwargs):
-            inside.append(event)
-            try:
-                return handler(*args, **kwargs)
-            finally:
-                inside.pop()
-
-        return marked
-
-    for name in ("__bool__", "__float__", "item", "tolist"):
-        monkeypatch.setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name)))
     for event in events:
-        monkeypatch.setattr(method, event, marking(event, getattr(method, event)))
+        monkeypatch.setattr(method, event, host_reads.wrap(event, getattr(method, event)))
     steps = 6
     trainer = Trainer(
         model=lora(make_tiny_model("llama", num_hidden_layers=2, intermediate_size=32)),
@@ -694,7 +671,11 @@ def test_a_step_reads_the_device_once_before_the_update_and_once_after(tmp_path,
         callbacks=[callback],
     )
     trainer.train()
-    assert reads == {"on_step_begin": 0, "on_pre_optimizer_step": steps, "on_step_end": steps}
+    assert {event: host_reads.counts[event] for event in events} == {
+        "on_step_begin": 0,
+        "on_pre_optimizer_step": steps,
+        "on_step_end": steps,
+    }
     logged = trainer.state.log_history[0]
     assert {"pruning/s_hat", "pruning/lambda_1", "pruning/lagrangian_loss", "pruning/kd_logit_loss"} <= set(logged)
 

@@ -74,18 +74,18 @@ def gumbel_sigmoid(
     return torch.sigmoid(shifted / temperature)
 
 
-def straight_through(soft: torch.Tensor, minimum: int = 0) -> tuple[torch.Tensor, int]:
+def straight_through(soft: torch.Tensor, minimum: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """0/1 rounding (`soft >= 0.5`) in the forward pass, the identity's gradient in the backward pass.
 
     At least `minimum` entries stay 1 (the highest `soft` values). Returns the decisions and how many entries the
-    rounding alone kept (before clamping).
+    rounding alone kept (before clamping), as a 0-dim int64 tensor: nothing here waits for the device.
     """
-    hard = (soft >= 0.5).to(soft.dtype)
-    kept = int(hard.sum())
-    if kept < minimum:
+    rounded = soft >= 0.5
+    hard = rounded.to(soft.dtype)
+    if minimum > 0:  # the `minimum` highest are 1 already whenever the rounding kept at least that many
         top = torch.topk(soft.detach(), min(minimum, soft.numel())).indices
         hard = hard.index_fill(0, top, 1.0)
-    return hard + (soft - soft.detach()), kept  # exactly 0/1 forward (the bracket is exactly 0)
+    return hard + (soft - soft.detach()), rounded.sum()  # exactly 0/1 forward (the bracket is exactly 0)
 
 
 class DecisionGenerator(nn.Module):
@@ -144,7 +144,7 @@ class DecisionGenerator(nn.Module):
             `(hard, soft, clamps)`: straight-through 0/1 decisions (gradients flow into G), the Gumbel-sigmoid
             probabilities, and the layers/kinds whose decisions were raised to the configured minimum.
         """
-        hard_layers, soft_layers, clamps = [], [], []
+        hard_layers, soft_layers, counted = [], [], []
         for index, (logits, row) in enumerate(zip(self.logits(), self.lengths)):
             soft_all = gumbel_sigmoid(logits, self.temperature, self.offset, noise, sample)
             hard, soft, start = {}, {}, 0
@@ -154,11 +154,17 @@ class DecisionGenerator(nn.Module):
                 piece = soft_all[start : start + row[kind]]
                 start += row[kind]
                 decided, kept = straight_through(piece, self.minimums[kind])
-                if kept < self.minimums[kind]:
-                    clamps.append(Clamp(index, kind, kept, self.minimums[kind]))
+                if self.minimums[kind] > 0:
+                    counted.append((index, kind, kept))
                 hard[kind], soft[kind] = decided, piece
             hard_layers.append(LayerDecision(hard.get("qk"), hard.get("v"), hard.get("ffn")))
             soft_layers.append(LayerDecision(soft.get("qk"), soft.get("v"), soft.get("ffn")))
+        kept_counts = torch.stack([kept for *_, kept in counted]).tolist() if counted else []  # one device read
+        clamps = [
+            Clamp(index, kind, kept, self.minimums[kind])
+            for (index, kind, _), kept in zip(counted, kept_counts)
+            if kept < self.minimums[kind]
+        ]
         return hard_layers, soft_layers, clamps
 
 

@@ -208,14 +208,10 @@ class ATPMethod(PruningMethod):
             model.train(was_training)
         self.generator_steps += 1
         self.decisions = self._deterministic()
-        self.metrics.update(
-            {
-                "generator_loss": float(loss.detach()),
-                "generator_lm_loss": float(output.loss.detach()),
-                "sparsity_loss": float(ls.detach()),
-                "sampled_remaining_ratio": float(ratio.detach()),
-            }
-        )
+        names = ("generator_loss", "generator_lm_loss", "sparsity_loss", "sampled_remaining_ratio")
+        scalars = (loss, output.loss, ls, ratio)
+        values = torch.stack([v.detach().reshape(()).to(loss.device, torch.float64) for v in scalars]).tolist()
+        self.metrics.update(zip(names, values))  # one device read for the four
         self._update_decision_metrics()
 
     def _deterministic(self) -> list[LayerDecision]:
