@@ -15,6 +15,7 @@ from functools import wraps
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -23,7 +24,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from . import arch as A
 from .distributed import check_same_on_all_ranks, sharded_parameter_kind
 from .hub.trainer_card import find_calling_trainer, install_trainer_card
-from .methods.base import MethodConfig, build_method
+from .methods.base import MethodConfig, build_method, metric_values
 from .structure import PLAN_ATTRIBUTE, PLAN_FILENAME
 from .structure.io import save_pruned
 from .structure.plan import atomic_write_text
@@ -50,8 +51,8 @@ class PrunerCallback(TrainerCallback):
         self.method = build_method(config)
         self.calibration = calibration
         self.merge_adapters_on_save = merge_adapters_on_save
-        self._pending_logs: dict[str, float] = {}
-        self._logged: dict[str, float] = {}
+        self._pending_logs: dict[str, float | torch.Tensor] = {}
+        self._logged: dict[str, float | torch.Tensor] = {}
 
     # ----------------------------------------------------------------------------------------------- events
     def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
@@ -91,14 +92,14 @@ class PrunerCallback(TrainerCallback):
         self._check_ranks_agree()
         self._after_event(kwargs["model"])
         if self._pending_logs:  # no log event follows train end: record the final metrics in the history directly
-            final = {LOG_PREFIX + key: value for key, value in self._pending_logs.items()}
+            final = {LOG_PREFIX + key: value for key, value in metric_values(self._pending_logs).items()}
             state.log_history.append({**final, "step": state.global_step})
             self._pending_logs.clear()
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
         if logs is None or not self._pending_logs:
             return
-        extra = {LOG_PREFIX + key: value for key, value in self._pending_logs.items()}
+        extra = {LOG_PREFIX + key: value for key, value in metric_values(self._pending_logs).items()}
         logs.update(extra)
         if state.log_history:
             state.log_history[-1].update(extra)
@@ -132,11 +133,19 @@ class PrunerCallback(TrainerCallback):
             )
 
     def _after_event(self, model: nn.Module) -> None:
-        fresh = {k: v for k, v in self.method.metrics.items() if self._logged.get(k) != v}
+        fresh = {k: v for k, v in self.method.metrics.items() if self._changed(k, v)}
         self._pending_logs.update(fresh)
         self._logged.update(fresh)
         if self.method.plan is not None and not getattr(model, "_tailored_hf_save_installed", False):
             install_pruned_save(model, merge_adapters=self.merge_adapters_on_save)
+
+    def _changed(self, key: str, value: float | torch.Tensor) -> bool:
+        """Whether metric `key` differs from its last logged value. A tensor metric is told apart by identity (a step
+        that updates it makes a new tensor): comparing values would read the device."""
+        logged = self._logged.get(key)
+        if torch.is_tensor(value) or torch.is_tensor(logged):
+            return value is not logged
+        return key not in self._logged or logged != value
 
     def _check_ranks_agree(self) -> None:
         """Under several processes, stop unless every rank holds the same plan (metadata such as timings aside)."""

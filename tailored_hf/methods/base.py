@@ -37,7 +37,9 @@ class PruningMethod:
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
         self.plan: PruningPlan | None = None
-        self.metrics: dict[str, float] = {}
+        #: Logged under `pruning/`: floats, or 0-dim tensors left on the device until they are logged or saved, so
+        #: that the step producing them does not wait for the device (`metric_values` reads them).
+        self.metrics: dict[str, float | torch.Tensor] = {}
 
     # lifecycle ---------------------------------------------------------------------------------------------
     def check_model(self, model: nn.Module) -> None:
@@ -66,7 +68,7 @@ class PruningMethod:
     # state -------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """JSON-serializable state for checkpoints (never pickle)."""
-        return {"plan": self.plan.to_dict() if self.plan is not None else None, "metrics": dict(self.metrics)}
+        return {"plan": self.plan.to_dict() if self.plan is not None else None, "metrics": metric_values(self.metrics)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.plan = PruningPlan.from_dict(state["plan"]) if state.get("plan") else None
@@ -104,3 +106,8 @@ def build_method(config: MethodConfig) -> PruningMethod:
             return cls(config)
     known = ", ".join(f"{name} ({cls.config_class.__name__})" for name, cls in METHOD_REGISTRY.items())
     raise ValueError(f"No pruning method accepts {type(config).__name__}; known methods: {known}.")
+
+
+def metric_values(metrics: dict[str, float | torch.Tensor]) -> dict[str, float]:
+    """`metrics` as floats: the 0-dim tensors among them are read from the device here."""
+    return {key: float(value) if torch.is_tensor(value) else value for key, value in metrics.items()}

@@ -359,6 +359,22 @@ def test_end_to_end_in_plain_trainer(tmp_path):
     assert reloaded.generate(ids[:1, :4], max_new_tokens=4, do_sample=False).shape == (1, 8)
 
 
+def test_group_lasso_term_leaves_its_value_on_the_device_until_logged(tmp_path, monkeypatch, host_reads):
+    """The group-lasso loss term makes no host read in the forward (a GPU synchronisation per micro-batch); its
+    value is read when the callback logs it, and the history holds floats."""
+    model = lora_model("llama", num_hidden_layers=2)
+    callback = PrunerCallback(ATPConfig(**FAST), calibration=calibration())
+    method = callback.method
+    monkeypatch.setattr(method, "_loss_term", host_reads.wrap("loss_term", method._loss_term))
+    args = training_args(tmp_path, logging_steps=2)
+    trainer = Trainer(model=model, args=args, train_dataset=token_rows(), callbacks=[callback])
+    trainer.train()
+    values = [e["pruning/group_lasso"] for e in trainer.state.log_history if "pruning/group_lasso" in e]
+    assert host_reads.counts["loss_term"] == 0
+    assert len(values) == 3 and all(type(v) is float and v > 0 for v in values)  # one per log (steps 2, 4, 6)
+    assert all(not torch.is_tensor(v) for v in method.state_dict()["metrics"].values())
+
+
 def test_generator_reaches_the_target_and_leaves_lora_grads_alone(tmp_path):
     model = lora_model("mistral", num_hidden_layers=2)
     cfg = ATPConfig(target_sparsity=0.4, generator_lr=0.05, alpha=20.0, removal_eval_batches=1)

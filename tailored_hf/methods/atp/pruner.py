@@ -248,7 +248,7 @@ class ATPMethod(PruningMethod):
         value = group_lasso(module, self.decisions, self.config.group_lasso_reduction)
         if value is None:
             return None
-        self.metrics.update({"group_lasso": float(value.detach()), "beta": self.beta})
+        self.metrics.update({"group_lasso": value.detach(), "beta": self.beta})  # read when logged
         return self.beta * value.to(output.loss.dtype)
 
     def _update_decision_metrics(self) -> None:
