@@ -208,10 +208,14 @@ class ATPMethod(PruningMethod):
             model.train(was_training)
         self.generator_steps += 1
         self.decisions = self._deterministic()
-        names = ("generator_loss", "generator_lm_loss", "sparsity_loss", "sampled_remaining_ratio")
-        scalars = (loss, output.loss, ls, ratio)
-        values = torch.stack([v.detach().reshape(()).to(loss.device, torch.float64) for v in scalars]).tolist()
-        self.metrics.update(zip(names, values))  # one device read for the four
+        self.metrics.update(  # tensors: read from the device when logged
+            {
+                "generator_loss": loss.detach(),
+                "generator_lm_loss": output.loss.detach(),
+                "sparsity_loss": ls.detach(),
+                "sampled_remaining_ratio": ratio.detach(),
+            }
+        )
         self._update_decision_metrics()
 
     def _deterministic(self) -> list[LayerDecision]:
