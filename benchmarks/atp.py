@@ -66,6 +66,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from common import RESULTS_DIR, add_model_arguments  # noqa: E402
+
 import tailored_hf  # noqa: E402
 from tailored_hf import PrunerCallback  # noqa: E402
 from tailored_hf.data import load_task_split, map_for_training  # noqa: E402
@@ -113,9 +115,8 @@ SMOKE = Scale(8, 4, 64, 4, 2, 1, 128, 2, 8, 1, 64, 2, 2)
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    add_model_arguments(parser)
+    parser.add_argument("--out", default=str(RESULTS_DIR))
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.4, 0.5], help="Decoder-parameter ratios.")
     parser.add_argument("--smoke", action="store_true", help="Tiny setting to check the script end to end.")
     parser.add_argument("--train-per-task", type=int, default=None, help="Training rows per task (default: all).")

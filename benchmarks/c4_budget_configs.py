@@ -28,14 +28,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT / "benchmarks"))
 
+from common import RESULTS_DIR, add_model_arguments  # noqa: E402
 from l0_controller import heldout_c4, perplexities, reproduce_lines, resumed  # noqa: E402
 from tailored_llama import EXTRA_CONFIGS, Bench, add_recovery_arguments, c4_budget_text, nuteprune_args  # noqa: E402
 
 from tailored_hf.structure import count_parameters  # noqa: E402
 from tailored_hf.structure.plan import atomic_write_text  # noqa: E402
 
-DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "benchmarks" / "results" / "c4_budget_configs"
+RESULTS = RESULTS_DIR / "c4_budget_configs"
 #: Configuration -> `Bench.pruned` overrides; every one but "l0" gets the C4 LoRA after pruning (`generic_lora`),
 #: "l0" trains its masks with that LoRA. Names of the dependency-group configurations as in `depgraph_configs.py`.
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -56,8 +56,7 @@ logger = logging.getLogger("c4_budget_configs")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    add_model_arguments(parser)
     parser.add_argument("--ratio", type=float, default=0.5, help="fraction of total parameters removed")
     parser.add_argument("--heldout-windows", type=int, default=64, help="held-out C4 windows of 128 tokens")
     parser.add_argument("--ppl-windows", type=int, default=40, help="WikiText-2 windows of 128 tokens")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import RESULTS_DIR, add_model_arguments
 
 from tailored_hf.data import load_lm_text
 from tailored_hf.eval import token_perplexity
@@ -31,9 +32,7 @@ from tailored_hf.methods.depgraph import DepGraphConfig, calibration_for, prune
 from tailored_hf.structure import count_parameters
 from tailored_hf.structure.plan import atomic_write_text
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "benchmarks" / "results" / "depgraph_configs"
+RESULTS = RESULTS_DIR / "depgraph_configs"
 #: Rounds of the iterative configurations (LLM-Pruner's --iterative_steps; not tuned on this sweep's metric).
 ITERATIVE_STEPS = 5
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -53,8 +52,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    add_model_arguments(parser)
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.5])
     parser.add_argument("--ppl-windows", type=int, default=40, help="WikiText-2 windows of 128 tokens")
     parser.add_argument("--seed", type=int, default=0)

@@ -14,15 +14,13 @@ import time
 from pathlib import Path
 
 import torch
+from common import RESULTS_DIR, add_model_arguments
 
 from tailored_hf.data import get_task
 from tailored_hf.eval import COMMONSENSE_TASKS, evaluate_tasks, llm_pruner_perplexity
 from tailored_hf.eval.multiple_choice import DEFAULT_MAX_BATCH_TOKENS
 from tailored_hf.loading import load_model
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
-RESULTS_DIR = ROOT / "benchmarks" / "results"
 NEAR_CHANCE = 0.02
 
 
@@ -59,8 +57,7 @@ def forwarded_tokens(tokenizer, task: str, limit: int, data_dir: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    add_model_arguments(parser)
     parser.add_argument("--limit", type=int, default=300, help="items per task (validation)")
     parser.add_argument("--batch-size", type=int, default=32, help="packed rows per forward (cap)")
     parser.add_argument(

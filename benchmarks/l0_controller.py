@@ -36,12 +36,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT / "benchmarks"))
 
+from common import L0_DEFAULT_CONSTRAINT, RESULTS_DIR, add_model_arguments  # noqa: E402
 from tailored_llama import nuteprune_args, wikitext_ids  # noqa: E402
 
 from tailored_hf.structure.plan import atomic_write_text  # noqa: E402
 
-DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "benchmarks" / "results" / "l0_controller"
+RESULTS = RESULTS_DIR / "l0_controller"
 #: Steps at which the `s_hat` trajectory is reported.
 TRAJECTORY_STEPS = (100, 200, 300, 400, 500)
 #: Items per task of `--task-accuracy`: those of `benchmarks/results/nuteprune.md`'s quality rows (`--eval-limit 200`).
@@ -61,15 +61,14 @@ DEFAULT_SETTINGS = (
     "0.6:0.1:at_least:progressive",
 )
 #: A setting's sparsity constraint and distillation when it does not name them.
-SETTING_DEFAULTS = ("equality", "none")
+SETTING_DEFAULTS = (L0_DEFAULT_CONSTRAINT, "none")
 
 logger = logging.getLogger("l0_controller")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    add_model_arguments(parser)
     parser.add_argument("--ratio", type=float, default=0.5, help="fraction of total parameters removed")
     parser.add_argument(
         "--settings",
@@ -82,7 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ppl-windows", type=int, default=40, help="WikiText-2 windows of 128 tokens")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--out", help=f"results path without suffix (default: {RESULTS.relative_to(ROOT)}, `_<percent>` added off 50%)"
+        "--out",
+        help=f"results path without suffix (default: {RESULTS.relative_to(ROOT)}, `_<percent>` added off 50%%)",
     )
     parser.add_argument("--report-only", action="store_true", help="render the Markdown from the cached runs only")
     parser.add_argument(

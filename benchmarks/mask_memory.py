@@ -19,18 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import RESULTS_DIR, add_model_arguments
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "benchmarks" / "results" / "mask_memory"
+RESULTS = RESULTS_DIR / "mask_memory"
 # NutePrune's LoRA (scripts/cotrain.sh): rank 8 on the query and value projections, as in benchmarks/nuteprune.py.
 DEFAULT_LORA_TARGETS = ("q_proj", "v_proj")
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    add_model_arguments(parser)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--lora-targets", nargs="+", default=list(DEFAULT_LORA_TARGETS))
     parser.add_argument("--out", default=str(RESULTS))

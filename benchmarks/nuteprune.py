@@ -53,11 +53,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import L0_DEFAULT_CONSTRAINT, RESULTS_DIR, add_model_arguments
 from device_setting import load_benchmark_model
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
-RESULTS_DIR = ROOT / "benchmarks" / "results"
 SCRATCH_DIR = Path(tempfile.gettempdir()) / "tailored_hf_nuteprune"  # Trainer output dirs (nothing is saved there)
 VARIANTS = ("none", "kd", "progressive", "depgraph")
 VARIANT_LABELS = {"none": "L0, no KD", "kd": "L0 + KD", "progressive": "L0 + progressive KD", "depgraph": "depgraph"}
@@ -93,8 +91,7 @@ JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch6
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    add_model_arguments(parser)
     parser.add_argument("--targets", default="0.2,0.5", help="comma-separated target sparsities")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {VARIANTS}")
     parser.add_argument("--steps", type=int, default=400, help="optimizer steps per variant (same data budget)")
@@ -192,7 +189,7 @@ def lora_model(model, args: argparse.Namespace):
     return get_peft_model(model, config)
 
 
-def l0_config(target: float, distillation: str, sparsity_constraint: str = "equality"):
+def l0_config(target: float, distillation: str, sparsity_constraint: str = L0_DEFAULT_CONSTRAINT):
     from tailored_hf.methods.l0 import L0Config
 
     return L0Config(target_sparsity=target, distillation=distillation, sparsity_constraint=sparsity_constraint)
@@ -417,7 +414,7 @@ def run_variant(variant: str, target: float, args: argparse.Namespace) -> dict[s
 
 
 def train_variant(
-    variant: str, target: float, args: argparse.Namespace, sparsity_constraint: str = "equality"
+    variant: str, target: float, args: argparse.Namespace, sparsity_constraint: str = L0_DEFAULT_CONSTRAINT
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Prune to `target` with `variant` (L0 distillation mode, with `sparsity_constraint`, or `depgraph`) and the LoRA
     training budget of `args`: `(merged pruned model, tokenizer, {variant, target, parameter counts, train_seconds,

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import RESULTS_DIR, add_model_arguments
 from device_setting import (
     add_device_arguments,
     current_memory_mib,
@@ -52,9 +53,7 @@ from device_setting import (
 )
 from training_overhead import count_forward_hooks
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "benchmarks" / "results" / "performance"
+RESULTS = RESULTS_DIR / "performance"
 IMPORTANCE_VARIANTS = ("plain", "floor", "ours", "naive")
 TARGET_TIME_RATIO = 1.2
 # The settings each section depends on: a section skipped in a run keeps those it was measured at.
@@ -65,8 +64,7 @@ TARGET_MEMORY_RATIO = 1.3
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    add_model_arguments(parser)
     parser.add_argument("--samples", type=int, default=20, help="calibration samples (Tailored-LLaMA: 20)")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.5])

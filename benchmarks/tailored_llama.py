@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import L0_DEFAULT_CONSTRAINT, RESULTS_DIR, ROOT, add_model_arguments
 
 from tailored_hf.data import load_lm_text, load_task_split, map_for_training, sample_k_shots
 from tailored_hf.eval import COMMONSENSE_TASKS, evaluate_tasks, token_perplexity
@@ -42,9 +43,7 @@ from tailored_hf.methods.depgraph import DepGraphConfig, calibration_for, prune
 from tailored_hf.structure import count_parameters
 from tailored_hf.structure.plan import atomic_write_text
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "benchmarks" / "results" / "tailored_llama"
+RESULTS = RESULTS_DIR / "tailored_llama"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 #: Chance accuracy per task (2-way BoolQ/PIQA/WinoGrande, 4-way HellaSwag/ARC/OBQA).
 CHANCE = {"boolq": 0.5, "piqa": 0.5, "winogrande": 0.5, "hellaswag": 0.25, "arc_easy": 0.25}
@@ -110,8 +109,7 @@ def add_recovery_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    add_model_arguments(parser)
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.5])
     parser.add_argument("--tasks", nargs="+", default=list(COMMONSENSE_TASKS))
     parser.add_argument("--limit", type=int, default=200, help="validation items per task")
@@ -235,7 +233,7 @@ class Bench:
         `c4_steps`: that C4 training for this many steps instead of `NUTEPRUNE_ARGS`' 500)."""
         c4_steps = overrides.get("c4_steps")
         if overrides.get("method") == "nuteprune":
-            constraint = config_at(overrides, ratio).get("sparsity_constraint", "equality")
+            constraint = config_at(overrides, ratio).get("sparsity_constraint", L0_DEFAULT_CONSTRAINT)
             return self.nuteprune_pruned(ratio, overrides["distillation"], c4_steps, constraint)
         if overrides.get("generic_lora") == "c4":
             rest = {k: v for k, v in overrides.items() if k not in ("generic_lora", "c4_steps")}
@@ -251,7 +249,11 @@ class Bench:
         return model, plan
 
     def nuteprune_pruned(
-        self, ratio: float, distillation: str, c4_steps: int | None = None, sparsity_constraint: str = "equality"
+        self,
+        ratio: float,
+        distillation: str,
+        c4_steps: int | None = None,
+        sparsity_constraint: str = L0_DEFAULT_CONSTRAINT,
     ):
         """NutePrune at `ratio` (`benchmarks/nuteprune.py`'s `train_variant` at `NUTEPRUNE_ARGS`, or with `c4_steps`
         training steps instead of its 500)."""
@@ -264,7 +266,7 @@ class Bench:
             logger.info("NutePrune %s at %.0f%%: %.1f%% removed", distillation, 100 * ratio, 100 * info["sparsity"])
             return merged
 
-        constraint = "" if sparsity_constraint == "equality" else f"-{sparsity_constraint}"
+        constraint = "" if sparsity_constraint == L0_DEFAULT_CONSTRAINT else f"-{sparsity_constraint}"
         name = f"nuteprune-{distillation}{constraint}{c4_budget_suffix(c4_steps)}-{ratio}-seed{self.args.seed}"
         return self.cached_model(name, train)
 

@@ -47,11 +47,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import RESULTS_DIR, add_model_arguments
 from device_setting import add_device_arguments, load_benchmark_model, peak_memory_mib, resolve_device, synchronize
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "benchmarks" / "results" / "training_overhead"
+RESULTS = RESULTS_DIR / "training_overhead"
 SCRATCH = Path(tempfile.gettempdir()) / "tailored_hf_overhead"
 KINDS = ("lora", "lora_pruned", "depgraph", "l0", "l0_kd", "l0_progressive", "atp", "atp_frozen")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -62,8 +61,7 @@ REFERENCE = {"depgraph": "lora_pruned"}  # every other kind is compared with the
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    add_model_arguments(parser)
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--ratio", type=float, default=0.2, help="target sparsity of every pruning method")
     parser.add_argument("--batch-size", type=int, default=4)

@@ -62,6 +62,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.append(str(ROOT / "benchmarks"))
 sys.path.append(str(ROOT / "benchmarks" / "peers"))
 
+from common import RESULTS_DIR, add_model_arguments  # noqa: E402
 from tailored_llama import (  # noqa: E402
     CHANCE,
     EXTRA_CONFIGS,
@@ -77,11 +78,10 @@ from tailored_hf.eval import COMMONSENSE_TASKS, paired_mean_difference  # noqa: 
 from tailored_hf.structure import count_parameters  # noqa: E402
 from tailored_hf.structure.plan import atomic_write_text  # noqa: E402
 
-DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
 #: Results per ratio: `<RESULTS>_<percent>.json` / `.md` (e.g. `paired_comparison_50.json`).
-RESULTS = ROOT / "benchmarks" / "results" / "paired_comparison"
-OURS = ROOT / "benchmarks" / "results" / "tailored_llama.json"
-PEER = ROOT / "benchmarks" / "results" / "torch_pruning.json"
+RESULTS = RESULTS_DIR / "paired_comparison"
+OURS = RESULTS_DIR / "tailored_llama.json"
+PEER = RESULTS_DIR / "torch_pruning.json"
 #: A larger generic budget than `NUTEPRUNE_ARGS`' 500 steps: the same C4 LoRA (windows drawn the same way, rank, targets,
 #: rate) for this many steps, given to our L0 model, to the peer and to the dense model alike.
 LONG_C4_STEPS = 2000
@@ -232,8 +232,7 @@ logger = logging.getLogger("paired_comparison")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    add_model_arguments(parser)
     parser.add_argument("--ratio", type=float, default=0.5, help="fraction of total parameters removed")
     parser.add_argument(
         "--importance",

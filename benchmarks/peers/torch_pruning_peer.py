@@ -70,6 +70,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PEERS_DIR = ROOT / ".peers"
 sys.path.append(str(ROOT / "benchmarks"))  # the protocol of record: tailored_llama.py's Bench
 
+from common import RESULTS_DIR, add_model_arguments  # noqa: E402
 from tailored_llama import (  # noqa: E402
     C4_BUDGET_CONFIGS,
     CHANCE,
@@ -88,9 +89,8 @@ from tailored_hf.methods.depgraph import DepGraphConfig, calibration_for  # noqa
 from tailored_hf.structure import count_parameters  # noqa: E402
 from tailored_hf.structure.plan import atomic_write_text  # noqa: E402
 
-DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "benchmarks" / "results" / "torch_pruning"
-OURS = ROOT / "benchmarks" / "results" / "tailored_llama.json"
+RESULTS = RESULTS_DIR / "torch_pruning"
+OURS = RESULTS_DIR / "tailored_llama.json"
 TP_VERSION = "1.6.1"
 INSTALL_COMMAND = f".venv/bin/python -m pip install --no-deps --target .peers torch-pruning=={TP_VERSION}"
 IMPORTANCES = ("magnitude", "taylor")
@@ -117,8 +117,7 @@ logger = logging.getLogger("torch_pruning_peer")
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    add_model_arguments(parser)
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.5], help="total-parameter fractions")
     parser.add_argument("--importances", nargs="+", choices=IMPORTANCES, default=list(IMPORTANCES))
     parser.add_argument("--tasks", nargs="+", default=list(COMMONSENSE_TASKS))

@@ -1,0 +1,32 @@
+"""What the benchmark scripts share: where the results and the real data are, and the options that name the model.
+
+The data directory defaults to `$TAILORED_HF_DATA_DIR` (the library's own variable), else `shared/data` beside the
+project, where `../shared/data/README.md` describes the real data; `--data-dir` overrides both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from tailored_hf.data.sources import DATA_DIR_ENV_VAR
+from tailored_hf.loading import DEFAULT_MODEL
+from tailored_hf.methods.l0 import L0Config
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+#: NutePrune's sparsity constraint, `L0Config`'s default: the benchmarks name another only where they choose one.
+L0_DEFAULT_CONSTRAINT: str = L0Config.sparsity_constraint
+DEFAULT_DATA_DIR = Path(os.environ.get(DATA_DIR_ENV_VAR) or ROOT.parent / "shared" / "data")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, data_dir: bool = True) -> None:
+    """`--model` and (unless `data_dir=False`) `--data-dir`, with the defaults above."""
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="an offline alias of `tailored_hf.loading` (default: SmolLM2-135M-Instruct) or a checkpoint folder",
+    )
+    if data_dir:
+        parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="the real data (tasks, text corpora)")
