@@ -16,6 +16,8 @@ from tailored_hf.methods.l0 import L0Config
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
+#: Issue 9's moonshot: share of the dense 7-task mean kept after task-specific recovery, per fraction removed.
+MOONSHOT_TARGETS: dict[float, float] = {0.2: 0.95, 0.5: 0.85}
 #: NutePrune's sparsity constraint, `L0Config`'s default: the benchmarks name another only where they choose one.
 L0_DEFAULT_CONSTRAINT: str = L0Config.sparsity_constraint
 DEFAULT_DATA_DIR = Path(os.environ.get(DATA_DIR_ENV_VAR) or ROOT.parent / "shared" / "data")

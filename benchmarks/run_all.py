@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from common import L0_DEFAULT_CONSTRAINT, MOONSHOT_TARGETS, RESULTS_DIR, ROOT
 from performance import spread
 from tailored_llama import (
     C4_BUDGET_CONFIGS,
@@ -41,9 +42,9 @@ from training_overhead import memory_key
 
 sys.path.append(str(Path(__file__).resolve().parent / "peers"))
 from paired_comparison import informative_tasks, settings_text, share_text, shares, summary_table  # noqa: E402
+from task_lora_lr import moonshot_reading, rate_rows  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = RESULTS_DIR
 REPORT = ROOT / "benchmarks" / "REPORT.md"
 SCRIPTS = {
     "performance": ROOT / "benchmarks" / "performance.py",
@@ -54,6 +55,7 @@ SCRIPTS = {
     "paired_comparison_50": ROOT / "benchmarks" / "peers" / "paired_comparison.py",
     "paired_comparison_20": ROOT / "benchmarks" / "peers" / "paired_comparison.py",
     "nuteprune": ROOT / "benchmarks" / "nuteprune.py",
+    "task_lora_lr_50": ROOT / "benchmarks" / "task_lora_lr.py",
 }
 #: Arguments per script; NutePrune's quality runs take hours (`benchmarks/nuteprune.py` alone runs them; a run with
 #: `--skip-quality` keeps the committed quality section).
@@ -66,7 +68,7 @@ NUTEPRUNE_MEMORY_TARGET = 1.15  # issue 6: peak RSS of a progressive-KD step / a
 DIRECT_OVERHEAD_TOLERANCE = 0.01
 MATMUL_ALIGNMENT = 8  # elements: a 16-byte multiple in fp16 / bf16, what tensor-core GEMMs are fastest on
 FLAT_DECODE = 0.1  # decode speed-ups all within this of 1.00: per-token time independent of the parameter count
-MOONSHOT = {"20%": 0.95, "50%": 0.85}  # share of the dense 7-task mean kept after task-specific recovery
+MOONSHOT = {f"{ratio:.0%}": target for ratio, target in MOONSHOT_TARGETS.items()}
 
 
 def parse_args() -> argparse.Namespace:
@@ -546,7 +548,8 @@ def l0_quality_lines(nuteprune: dict[str, Any] | None) -> list[str]:
     return [
         f"L0 masks (NutePrune), not task-tailored: masks and LoRA trained on {tokens:,} C4 tokens, no task-specific "
         f"recovery, evaluated on the first {cfg['eval_limit']} items of every task (dense {pct(dense['mean_accuracy'])}"
-        f"): best variant at {'; '.join(shares)} (`benchmarks/results/nuteprune.md`)."
+        f"): best variant at {'; '.join(shares)} (`benchmarks/results/nuteprune.md`; NutePrune's "
+        f"{L0_DEFAULT_CONSTRAINT!r} sparsity constraint at every target, as in the paper)."
     ]
 
 
@@ -579,6 +582,7 @@ def moonshot_section(
     nuteprune: dict[str, Any] | None = None,
     atp: dict[str, Any] | None = None,
     paired: Sequence[dict[str, Any]] = (),
+    task_rates: Sequence[dict[str, Any]] = (),
 ) -> list[str]:
     lines = ["## 5. The moonshot: share of the dense 7-task mean kept after task-specific recovery", ""]
     if ours is None:
@@ -639,7 +643,7 @@ def moonshot_section(
             f"{100 * NEAR_CHANCE:.0f} points of chance, so a tuned model can beat it there by learning the label "
             "prior alone.",
         ]
-    return lines + ["", *paired_share_lines(paired)]
+    return lines + ["", *paired_share_lines(paired), *task_rate_lines(task_rates)]
 
 
 def paired_share_lines(paired: Sequence[dict[str, Any]]) -> list[str]:
@@ -692,6 +696,46 @@ def paired_share_lines(paired: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def task_rate_lines(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """The task-LoRA learning-rate sweep (`benchmarks/task_lora_lr.py`): per ratio, the L0 model's share of dense at
+    each rate on the moonshot table's items, and at the rate chosen on held-out train items against the target."""
+    lines = []
+    for data in sorted(runs, key=lambda d: d["settings"]["ratio"]):
+        s, reading = data["settings"], moonshot_reading(data)
+        rows = [row for row in rate_rows(data) if row.model == "l0" and row.rate is not None and row.share is not None]
+        if not rows:
+            continue
+        name = f"task_lora_lr_{round(100 * s['ratio'])}"
+        per_rate = ", ".join(
+            f"lr {row.rate:g} {row.share:.1%}"
+            + (
+                f" ({row.share_informative:.1%} without near-chance tasks)"
+                if row.share_informative is not None
+                else ""
+            )
+            for row in rows
+        )
+        text = (
+            f"Task-LoRA learning rate at {s['ratio']:.0%} (`benchmarks/results/{name}.md`; the paper's recovery but the "
+            f"rate, K={s['k']}, the L0 row's model and items above): share of dense {per_rate}."
+        )
+        if reading is not None:
+            informative = (
+                f"; without near-chance tasks {reading['share_informative']:.1%}, "
+                f"{'met' if reading['met_informative'] else 'NOT met'}"
+                if reading["share_informative"] is not None
+                else ""
+            )
+            control = "" if reading["control"] is None else f"; dense + the same tune {pct(reading['control'])}"
+            text += (
+                f" Rate chosen on {s['selection_limit']} held-out train items per task (no validation score used): "
+                f"{reading['rate']:g}, {reading['share']:.1%} of dense, target >= {reading['target']:.0%}: "
+                f"{'met' if reading['met'] else 'NOT met'}{informative}{control}."
+            )
+        lines += [text, ""]
+    return lines
+
+
 def gpu_section(
     perf: dict[str, Any] | None, overhead: dict[str, Any] | None, nuteprune: dict[str, Any] | None
 ) -> list[str]:
@@ -714,7 +758,9 @@ def gpu_section(
     return lines
 
 
-def render(perf, overhead, ours, peer, nuteprune=None, atp=None, gpu=(None, None, None), paired=()) -> str:
+def render(
+    perf, overhead, ours, peer, nuteprune=None, atp=None, gpu=(None, None, None), paired=(), task_rates=()
+) -> str:
     lines = [
         "# tailored_hf performance report (issue 9)",
         "",
@@ -727,7 +773,7 @@ def render(perf, overhead, ours, peer, nuteprune=None, atp=None, gpu=(None, None
     lines += overhead_section(overhead, nuteprune)
     lines += inference_section(perf)
     lines += peer_section(ours, peer, paired)
-    lines += moonshot_section(ours, nuteprune, atp, paired)
+    lines += moonshot_section(ours, nuteprune, atp, paired, task_rates)
     lines += gpu_section(*gpu)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -747,6 +793,7 @@ def main() -> None:
         load("atp_healthcare"),
         (load("performance_h200"), load("training_overhead_h200"), load("nuteprune_h200")),
         [load(path.stem) for path in sorted(RESULTS.glob("paired_comparison_*.json"))],
+        [load(path.stem) for path in sorted(RESULTS.glob("task_lora_lr_*.json"))],
     )
     REPORT.write_text(text)
     print(text)

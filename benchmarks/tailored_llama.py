@@ -190,11 +190,13 @@ class Bench:
         prompt = "alpaca" if task == "alpaca" else "lm_eval"
         return map_for_training(sample_k_shots(train, k, seed=self.args.seed, task=task), task, prompt=prompt)
 
-    def tune(self, model, train, group_by_length: bool = False) -> tuple[torch.nn.Module, dict[str, float]]:
+    def tune(
+        self, model, train, group_by_length: bool = False, learning_rate: float | None = None
+    ) -> tuple[torch.nn.Module, dict[str, float]]:
         """LoRA recovery (paper settings), merged back into the weights for evaluation.
 
         `group_by_length` batches rows of similar length (same rows, epochs and steps; less padding) for the long,
-        ragged Alpaca set.
+        ragged Alpaca set; `learning_rate` replaces the run's (`--learning-rate`) for this tune.
         """
         from peft import LoraConfig
         from trl import SFTConfig, SFTTrainer
@@ -203,7 +205,7 @@ class Bench:
             output_dir=str(Path(self.args.out).parent / "trainer"),
             per_device_train_batch_size=self.args.batch_size,
             num_train_epochs=self.args.epochs,
-            learning_rate=self.args.learning_rate,
+            learning_rate=self.args.learning_rate if learning_rate is None else learning_rate,
             warmup_steps=0.1,  # a float in [0, 1) is a ratio of the total steps (transformers 5)
             optim="adamw_torch",
             save_strategy="no",
