@@ -578,17 +578,18 @@ def render(data: dict[str, Any]) -> str:
         "",
         *summary_table(data),
     ]
-    per_task_rows, checks, counts = [], [], {}
+    checks = [
+        (dense, committed_check(dense, dense_items, tag, imp))
+        for dense in ("dense", DENSE_TASK)
+        if (dense_items := item_scores(cells, tag, dense, tasks)) is not None
+    ]
+    per_task_rows, counts = [], {}
     for entry in pair_results(data):
         for pattern, scores in zip(entry["prefixes"], (entry["ours_items"], entry["peer_items"])):
             if pattern not in COMMITTED:
                 continue
             if scores is not None and pattern.format(imp=imp) not in [c[0] for c in checks]:
                 checks.append((pattern.format(imp=imp), committed_check(pattern, scores, tag, imp)))
-        for dense in ("dense", DENSE_TASK):
-            dense_items = item_scores(cells, tag, dense, tasks)
-            if dense_items is not None and dense not in [c[0] for c in checks]:
-                checks.append((dense, committed_check(dense, dense_items, tag, imp)))
         if "paired" not in entry:
             continue
         ours, peer, paired = entry["ours_items"], entry["peer_items"], entry["paired"]
