@@ -32,3 +32,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, data_dir: bool = True) 
     )
     if data_dir:
         parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="the real data (tasks, text corpora)")
+
+
+def results_path(stem: str, ratio: float, unsuffixed: float | None = None) -> str:
+    """`RESULTS_DIR / <stem>_<percent>` (no suffix at `unsuffixed`, for a script whose first results had none): the
+    results path, without extension, of a script run at one pruning ratio."""
+    return str(RESULTS_DIR / stem) + ("" if ratio == unsuffixed else f"_{round(100 * ratio)}")

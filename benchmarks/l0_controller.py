@@ -36,7 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT / "benchmarks"))
 
-from common import L0_DEFAULT_CONSTRAINT, RESULTS_DIR, add_model_arguments  # noqa: E402
+from common import L0_DEFAULT_CONSTRAINT, RESULTS_DIR, add_model_arguments, results_path  # noqa: E402
 from tailored_llama import nuteprune_args, wikitext_ids  # noqa: E402
 
 from tailored_hf.structure.plan import atomic_write_text  # noqa: E402
@@ -93,8 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "perplexities, never used to choose a setting",
     )
     args = parser.parse_args(argv)
-    if args.out is None:
-        args.out = str(RESULTS) + ("" if args.ratio == 0.5 else f"_{round(100 * args.ratio)}")
+    args.out = args.out or results_path(RESULTS.name, args.ratio, unsuffixed=0.5)
     return args
 
 

@@ -43,7 +43,7 @@ import torch
 
 sys.path.append(str(Path(__file__).resolve().parent))
 
-from common import MOONSHOT_TARGETS, RESULTS_DIR, add_model_arguments  # noqa: E402
+from common import MOONSHOT_TARGETS, add_model_arguments, results_path  # noqa: E402
 from tailored_llama import (  # noqa: E402
     CHANCE,
     EXTRA_CONFIGS,
@@ -87,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", help="results path without suffix (default: task_lora_lr_<percent>)")
     parser.add_argument("--report-only", action="store_true", help="render the Markdown from the cached cells only")
     args = parser.parse_args(argv)
-    args.out = args.out or str(RESULTS_DIR / f"task_lora_lr_{round(100 * args.ratio)}")
+    args.out = args.out or results_path("task_lora_lr", args.ratio)
     return args
 
 

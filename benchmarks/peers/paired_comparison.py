@@ -62,7 +62,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.append(str(ROOT / "benchmarks"))
 sys.path.append(str(ROOT / "benchmarks" / "peers"))
 
-from common import RESULTS_DIR, add_model_arguments  # noqa: E402
+from common import RESULTS_DIR, add_model_arguments, results_path  # noqa: E402
 from tailored_llama import (  # noqa: E402
     CHANCE,
     EXTRA_CONFIGS,
@@ -255,8 +255,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", help=f"results path without suffix (default: {RESULTS.name}_<percent>)")
     parser.add_argument("--report-only", action="store_true", help="render the Markdown from the cached cells only")
     args = parser.parse_args(argv)
-    if args.out is None:
-        args.out = f"{RESULTS}_{round(100 * args.ratio)}"
+    args.out = args.out or results_path(RESULTS.name, args.ratio)
     if args.importance is None and not args.report_only:
         cells = {k: v["value"] for k, v in json.loads(PEER.read_text())["cells"].items()} if PEER.is_file() else {}
         args.importance = best_importance(cells, f"{args.ratio:.0%}", list(IMPORTANCES), args.tasks)
