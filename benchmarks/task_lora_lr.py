@@ -16,7 +16,7 @@ reported (validation) scores cannot bias:
   are reported for every rate but play no part in the choice.
 
 The pruned model runs first at every rate, then the dense model at the pruned model's chosen rate (the control),
-then at the other rates. Cells are cached in the JSON (an interrupted run resumes); at the paper's rate the
+then at the other rates; dense cells that another ratio's run measured with the same settings are taken over. Cells are cached in the JSON (an interrupted run resumes); at the paper's rate the
 validation cells must reproduce `tailored_llama.json`'s (checked in the report).
 
     .venv/bin/python benchmarks/task_lora_lr.py                       # 50% (~1.5 h on 2 quiet cores)
@@ -59,11 +59,12 @@ from tailored_hf.eval import COMMONSENSE_TASKS, PRIMARY_METRIC, score_multiple_c
 from tailored_hf.structure import count_parameters  # noqa: E402
 from tailored_hf.structure.plan import atomic_write_text  # noqa: E402
 
-#: The paper's recovery rate first; the others are this script's sweep.
-LEARNING_RATES = (1e-4, 3e-4, 1e-3)
+#: The paper's recovery rate first, then this sweep's (3e-3 added when 1e-3, the top of the first grid, was chosen).
+LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3)
 #: Offset of the selection draw's seed from the shots' seed (another stream over the same train split).
 SELECTION_SEED_OFFSET = 1
 PRUNED = "l0"
+RESULTS_STEM = "task_lora_lr"
 #: Options that do not change any cell (the rest must match the cache's settings to reuse it).
 RUN_OPTIONS = ("out", "report_only", "learning_rates")
 
@@ -87,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", help="results path without suffix (default: task_lora_lr_<percent>)")
     parser.add_argument("--report-only", action="store_true", help="render the Markdown from the cached cells only")
     args = parser.parse_args(argv)
-    args.out = args.out or results_path("task_lora_lr", args.ratio)
+    args.out = args.out or results_path(RESULTS_STEM, args.ratio)
     return args
 
 
@@ -109,6 +110,21 @@ class RateBench(Bench):
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)
         self.selection = {task: selection_items(task, args) for task in args.tasks}
+        self.adopt_dense_cells()
+
+    def adopt_dense_cells(self) -> None:
+        """The dense model's cells do not depend on the ratio: those another ratio's run measured with the same
+        settings (the ratio aside) are taken over instead of measured again."""
+        settings = {k: v for k, v in self.data["settings"].items() if k != "ratio"}
+        for path in sorted(self.path.parent.glob(f"{RESULTS_STEM}_*.json")):
+            if path == self.path:
+                continue
+            other = json.loads(path.read_text())
+            if {k: v for k, v in other["settings"].items() if k != "ratio"} != settings:
+                continue
+            for key, cell in other["cells"].items():
+                if key.startswith("dense/") and key not in self.data["cells"]:
+                    self.data["cells"][key] = cell | {"from": path.name}
 
     def select_score(self, model, task: str) -> dict[str, Any]:
         """The primary metric of `model` on `task`'s selection items."""
@@ -287,7 +303,8 @@ def render(data: dict[str, Any]) -> str:
     cells, tasks, ratio = cells_of(data), s["tasks"], s["ratio"]
     fmt = lambda v: "—" if v is None else f"{100 * v:.1f}"  # noqa: E731
     share = lambda v: "" if v is None else f"{v:.1%}"  # noqa: E731
-    near = [t for t in tasks if t not in informative_tasks(cells, tasks)]
+    informative = informative_tasks(cells, tasks)
+    near = [t for t in tasks if informative and t not in informative]
     pruned_text = f"{params['pruned']:,} of {params['dense']:,} parameters" if params else ""
     lines = [
         f"# Task-LoRA learning rate at {ratio:.0%} removed (SmolLM2-135M-Instruct)",
@@ -349,6 +366,12 @@ def findings(data: dict[str, Any], near: list[str]) -> list[str]:
                 f"{reading['mean'] / reading['control']:.1%} of it."
             )
     lines.append(f"- Chance: {100 * sum(CHANCE[t] for t in tasks) / len(tasks):.1f}.")
+    adopted = sorted({cell["from"] for cell in data["cells"].values() if "from" in cell})
+    if adopted:
+        lines.append(
+            f"- Dense cells taken over from {', '.join(f'`{name}`' for name in adopted)} (the same settings at "
+            "another ratio; the dense model does not depend on it)."
+        )
     lines += reproduction_check(data)
     return [*lines, ""]
 
