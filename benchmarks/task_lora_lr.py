@@ -19,7 +19,7 @@ The pruned model runs first at every rate, then the dense model at the pruned mo
 then at the other rates; dense cells that another ratio's run measured with the same settings are taken over. Cells are cached in the JSON (an interrupted run resumes); at the paper's rate the
 validation cells must reproduce `tailored_llama.json`'s (checked in the report).
 
-    .venv/bin/python benchmarks/task_lora_lr.py                       # 50% (~1.5 h on 2 quiet cores)
+    .venv/bin/python benchmarks/task_lora_lr.py                       # 50% (~2.5 h on 2 quiet cores; resumes)
     .venv/bin/python benchmarks/task_lora_lr.py --ratio 0.2           # 20%
     .venv/bin/python benchmarks/task_lora_lr.py --report-only         # Markdown from the cached cells
     .venv/bin/python benchmarks/task_lora_lr.py --tasks piqa --limit 8 --boolq-limit 8 --selection-limit 8 \\
@@ -59,8 +59,9 @@ from tailored_hf.eval import COMMONSENSE_TASKS, PRIMARY_METRIC, score_multiple_c
 from tailored_hf.structure import count_parameters  # noqa: E402
 from tailored_hf.structure.plan import atomic_write_text  # noqa: E402
 
-#: The paper's recovery rate first, then this sweep's (3e-3 added when 1e-3, the top of the first grid, was chosen).
-LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3)
+#: The paper's recovery rate first, then this sweep's: the grid grew by one rate each time its top rate was chosen
+#: (1e-3 in the first grid, then 3e-3).
+LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 #: Offset of the selection draw's seed from the shots' seed (another stream over the same train split).
 SELECTION_SEED_OFFSET = 1
 PRUNED = "l0"
