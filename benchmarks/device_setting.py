@@ -14,6 +14,7 @@ import resource
 from pathlib import Path
 
 import torch
+from common import add_model_arguments
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,7 +93,7 @@ def export_shapes(name: str, out_dir: str | Path) -> Path:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Export a model's configuration and tokenizer, without weights.")
-    parser.add_argument("--model", default="smollm2-135m-instruct")
+    add_model_arguments(parser, data_dir=False)
     parser.add_argument("out_dir")
     cli = parser.parse_args()
     print(export_shapes(cli.model, cli.out_dir))

@@ -44,7 +44,6 @@ sys.path.append(str(Path(__file__).resolve().parent / "peers"))
 from paired_comparison import informative_tasks, settings_text, share_text, shares, summary_table  # noqa: E402
 from task_lora_lr import moonshot_reading, rate_rows  # noqa: E402
 
-RESULTS = RESULTS_DIR
 REPORT = ROOT / "benchmarks" / "REPORT.md"
 SCRIPTS = {
     "performance": ROOT / "benchmarks" / "performance.py",
@@ -79,7 +78,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def load(name: str) -> dict[str, Any] | None:
-    path = RESULTS / f"{name}.json"
+    path = RESULTS_DIR / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -701,11 +700,11 @@ def task_rate_lines(runs: Sequence[dict[str, Any]]) -> list[str]:
     each rate on the moonshot table's items, and at the rate chosen on held-out train items against the target."""
     lines = []
     for data in sorted(runs, key=lambda d: d["settings"]["ratio"]):
-        s, reading = data["settings"], moonshot_reading(data)
-        rows = [row for row in rate_rows(data) if row.model == "l0" and row.rate is not None and row.share is not None]
+        s, reading, all_rows = data["settings"], moonshot_reading(data), rate_rows(data)
+        rows = [row for row in all_rows if row.model == "l0" and row.rate is not None and row.share is not None]
         if not rows:
             continue
-        dense = {row.rate: row.mean for row in rate_rows(data) if row.model == "dense" and row.mean is not None}
+        dense = {row.rate: row.mean for row in all_rows if row.model == "dense" and row.mean is not None}
         split = any(row.share_informative is not None for row in rows)
         lines += [
             f"The task LoRA's learning rate at {s['ratio']:.0%} (`benchmarks/results/task_lora_lr_"
@@ -797,8 +796,8 @@ def main() -> None:
         load("nuteprune"),
         load("atp_healthcare"),
         (load("performance_h200"), load("training_overhead_h200"), load("nuteprune_h200")),
-        [load(path.stem) for path in sorted(RESULTS.glob("paired_comparison_*.json"))],
-        [load(path.stem) for path in sorted(RESULTS.glob("task_lora_lr_*.json"))],
+        [load(path.stem) for path in sorted(RESULTS_DIR.glob("paired_comparison_*.json"))],
+        [load(path.stem) for path in sorted(RESULTS_DIR.glob("task_lora_lr_*.json"))],
     )
     REPORT.write_text(text)
     print(text)
