@@ -311,7 +311,7 @@ def render(data: dict[str, Any]) -> str:
         f"# Task-LoRA learning rate at {ratio:.0%} removed (SmolLM2-135M-Instruct)",
         "",
         f"Pruned model: NutePrune's L0 masks + their C4 LoRA (`tailored_llama`'s \"{PRUNED}\" configuration"
-        + (f", {params['config']}" if params else "")
+        + (", " + ", ".join(f"`{key}={value!r}`" for key, value in params["config"].items()) if params else "")
         + f"; {pruned_text}). Task LoRA: the paper's settings (K={s['k']} shots, r={s['lora_r']}, {s['epochs']:g} "
         f"epochs, batch {s['batch_size']}, one adapter per task) at each learning rate; seed {s['seed']}. Selection: "
         f"{s['selection_limit']} held-out train items per task (BoolQ {s['selection_boolq_limit']}, none of them a "
