@@ -96,6 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def selection_items(task: str, args: argparse.Namespace):
     """Held-out train items of `task`: a seeded draw of the train split without the K shots the adapters train on."""
     train = load_task_split(task, "train", data_dir=args.data_dir)
+    # The draw depends on the row count, the labels and the seed only, so the extra column leaves it as `Bench.shots`'.
     numbered = train.add_column("_row", list(range(len(train))))
     shots = set(sample_k_shots(numbered, args.k, seed=args.seed, task=task)["_row"])
     limit = args.selection_boolq_limit if task == "boolq" else args.selection_limit
