@@ -28,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT / "benchmarks"))
 
-from common import RESULTS_DIR, add_model_arguments  # noqa: E402
+from common import RESULTS_DIR, add_model_arguments, write_markdown  # noqa: E402
 from l0_controller import heldout_c4, perplexities, reproduce_lines, resumed  # noqa: E402
 from tailored_llama import EXTRA_CONFIGS, Bench, add_recovery_arguments, c4_budget_text, nuteprune_args  # noqa: E402
 
@@ -72,8 +72,7 @@ def main() -> None:
     path = Path(args.out + ".json")
     if args.report_only:
         data = json.loads(path.read_text())
-        atomic_write_text(Path(args.out + ".md"), render(data))
-        print(render(data))
+        write_markdown(args.out, render(data))
         return
     settings = {k: v for k, v in vars(args).items() if k not in RUN_OPTIONS}
     data = resumed(path, {"settings": settings, "budget": c4_budget_text(), "rows": {}})
@@ -96,8 +95,7 @@ def main() -> None:
         logger.info("%s: %s", name, data["rows"][name])
         atomic_write_text(path, json.dumps(data, indent=1))
     atomic_write_text(path, json.dumps(data, indent=1))
-    atomic_write_text(Path(args.out + ".md"), render(data))
-    print(render(data))
+    write_markdown(args.out, render(data))
 
 
 def render(data: dict[str, Any]) -> str:

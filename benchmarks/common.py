@@ -7,12 +7,15 @@ project, where `../shared/data/README.md` describes the real data; `--data-dir` 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from tailored_hf.data.sources import DATA_DIR_ENV_VAR
 from tailored_hf.loading import DEFAULT_MODEL
 from tailored_hf.methods.l0 import L0Config
+from tailored_hf.structure.plan import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -38,3 +41,14 @@ def results_path(stem: str, ratio: float, unsuffixed: float | None = None) -> st
     """`RESULTS_DIR / <stem>_<percent>` (no suffix at `unsuffixed`, for a script whose first results had none): the
     results path, without extension, of a script run at one pruning ratio."""
     return str(RESULTS_DIR / stem) + ("" if ratio == unsuffixed else f"_{round(100 * ratio)}")
+
+
+def read_results(out: str) -> dict[str, Any]:
+    """The cached results `<out>.json` of a benchmark run (what `--report-only` renders)."""
+    return json.loads(Path(out + ".json").read_text())
+
+
+def write_markdown(out: str, text: str) -> None:
+    """Writes the rendered report to `<out>.md` (atomically) and prints it."""
+    atomic_write_text(Path(out + ".md"), text)
+    print(text)

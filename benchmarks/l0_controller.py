@@ -36,7 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT / "benchmarks"))
 
-from common import L0_DEFAULT_CONSTRAINT, RESULTS_DIR, add_model_arguments, results_path  # noqa: E402
+from common import L0_DEFAULT_CONSTRAINT, RESULTS_DIR, add_model_arguments, results_path, write_markdown  # noqa: E402
 from tailored_llama import nuteprune_args, wikitext_ids  # noqa: E402
 
 from tailored_hf.structure.plan import atomic_write_text  # noqa: E402
@@ -190,8 +190,7 @@ def main() -> None:
     path = Path(args.out + ".json")
     if args.report_only:
         data = json.loads(path.read_text())
-        atomic_write_text(Path(args.out + ".md"), render(data))
-        print(render(data))
+        write_markdown(args.out, render(data))
         return
     settings = {k: v for k, v in vars(args).items() if k not in RUN_OPTIONS}
     data = resumed(path, {"settings": settings, "runs": {}})
@@ -206,8 +205,7 @@ def main() -> None:
         data["runs"][setting] = run_setting(setting, args, heldout, wikitext, args.task_accuracy)
         logger.info("%s done in %.0fs", setting, time.perf_counter() - start)
         atomic_write_text(path, json.dumps(data, indent=1))
-    atomic_write_text(Path(args.out + ".md"), render(data))
-    print(render(data))
+    write_markdown(args.out, render(data))
 
 
 def constraint_of(run: dict[str, Any]) -> str:

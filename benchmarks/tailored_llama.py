@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import L0_DEFAULT_CONSTRAINT, RESULTS_DIR, ROOT, add_model_arguments
+from common import L0_DEFAULT_CONSTRAINT, RESULTS_DIR, ROOT, add_model_arguments, read_results, write_markdown
 
 from tailored_hf.data import load_lm_text, load_task_split, map_for_training, sample_k_shots
 from tailored_hf.eval import COMMONSENSE_TASKS, evaluate_tasks, token_perplexity
@@ -298,9 +298,7 @@ def main() -> None:
     torch.manual_seed(0)
     args = parse_args()
     if args.report_only:  # e.g. while a long run is still filling the cache
-        data = json.loads(Path(args.out + ".json").read_text())
-        atomic_write_text(Path(args.out + ".md"), render(data))
-        print(render(data))
+        write_markdown(args.out, render(read_results(args.out)))
         return
     bench = Bench(args)
     tasks = args.tasks
@@ -369,8 +367,7 @@ def main() -> None:
         "cores": os.cpu_count(),
     }
     bench.save()
-    atomic_write_text(Path(args.out + ".md"), render(bench.data))
-    print(render(bench.data))
+    write_markdown(args.out, render(bench.data))
 
 
 def render(data: dict[str, Any]) -> str:

@@ -43,7 +43,7 @@ import torch
 
 sys.path.append(str(Path(__file__).resolve().parent))
 
-from common import MOONSHOT_TARGETS, add_model_arguments, results_path  # noqa: E402
+from common import MOONSHOT_TARGETS, add_model_arguments, read_results, results_path, write_markdown  # noqa: E402
 from tailored_llama import (  # noqa: E402
     CHANCE,
     EXTRA_CONFIGS,
@@ -57,7 +57,6 @@ from tailored_llama import (  # noqa: E402
 from tailored_hf.data import load_task_split, map_for_scoring, sample_k_shots  # noqa: E402
 from tailored_hf.eval import COMMONSENSE_TASKS, PRIMARY_METRIC, score_multiple_choice  # noqa: E402
 from tailored_hf.structure import count_parameters  # noqa: E402
-from tailored_hf.structure.plan import atomic_write_text  # noqa: E402
 
 #: The paper's recovery rate first, then this sweep's: the grid grew by one rate each time its top rate was chosen
 #: (1e-3 in the first grid, then 3e-3).
@@ -184,9 +183,7 @@ def main() -> None:
     torch.manual_seed(0)
     args = parse_args()
     if args.report_only:
-        data = json.loads(Path(args.out + ".json").read_text())
-        atomic_write_text(Path(args.out + ".md"), render(data))
-        print(render(data))
+        write_markdown(args.out, render(read_results(args.out)))
         return
     bench = RateBench(args)
     rates = sorted(args.learning_rates)
@@ -205,8 +202,7 @@ def main() -> None:
     for rate in sorted(rates, key=lambda rate: rate != control):  # the control first
         bench.rate_cells(bench.model, "dense", rate)
     bench.save()
-    atomic_write_text(Path(args.out + ".md"), render(bench.data))
-    print(render(bench.data))
+    write_markdown(args.out, render(bench.data))
 
 
 MODEL_LABELS = {PRUNED: "L0", "dense": "dense"}

@@ -62,7 +62,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.append(str(ROOT / "benchmarks"))
 sys.path.append(str(ROOT / "benchmarks" / "peers"))
 
-from common import RESULTS_DIR, add_model_arguments, results_path  # noqa: E402
+from common import RESULTS_DIR, add_model_arguments, read_results, results_path, write_markdown  # noqa: E402
 from tailored_llama import (  # noqa: E402
     CHANCE,
     EXTRA_CONFIGS,
@@ -76,7 +76,6 @@ from torch_pruning_peer import IMPORTANCES, PeerBench, best_importance, tp_versi
 
 from tailored_hf.eval import COMMONSENSE_TASKS, paired_mean_difference  # noqa: E402
 from tailored_hf.structure import count_parameters  # noqa: E402
-from tailored_hf.structure.plan import atomic_write_text  # noqa: E402
 
 #: Results per ratio: `<RESULTS>_<percent>.json` / `.md` (e.g. `paired_comparison_50.json`).
 RESULTS = RESULTS_DIR / "paired_comparison"
@@ -327,9 +326,7 @@ def main() -> None:
     torch.manual_seed(0)
     args = parse_args()
     if args.report_only:
-        data = json.loads(Path(args.out + ".json").read_text())
-        atomic_write_text(Path(args.out + ".md"), render(data))
-        print(render(data))
+        write_markdown(args.out, render(read_results(args.out)))
         return
     bench = PairedBench(args)
     imp = args.importance
@@ -378,8 +375,7 @@ def main() -> None:
             del model
     bench.data["environment"] = {"torch_pruning": tp_version(), "torch": torch.__version__}
     bench.save()
-    atomic_write_text(Path(args.out + ".md"), render(bench.data))
-    print(render(bench.data))
+    write_markdown(args.out, render(bench.data))
 
 
 # ---------------------------------------------------------------------------------------------------- report

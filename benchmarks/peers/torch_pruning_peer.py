@@ -70,7 +70,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PEERS_DIR = ROOT / ".peers"
 sys.path.append(str(ROOT / "benchmarks"))  # the protocol of record: tailored_llama.py's Bench
 
-from common import RESULTS_DIR, add_model_arguments  # noqa: E402
+from common import RESULTS_DIR, add_model_arguments, read_results, write_markdown  # noqa: E402
 from tailored_llama import (  # noqa: E402
     C4_BUDGET_CONFIGS,
     CHANCE,
@@ -87,7 +87,6 @@ from tailored_llama import (  # noqa: E402
 from tailored_hf.eval import COMMONSENSE_TASKS  # noqa: E402
 from tailored_hf.methods.depgraph import DepGraphConfig, calibration_for  # noqa: E402
 from tailored_hf.structure import count_parameters  # noqa: E402
-from tailored_hf.structure.plan import atomic_write_text  # noqa: E402
 
 RESULTS = RESULTS_DIR / "torch_pruning"
 OURS = RESULTS_DIR / "tailored_llama.json"
@@ -429,9 +428,7 @@ def main() -> None:
     args = parse_args()
     ours = json.loads(Path(args.ours).read_text()) if Path(args.ours).is_file() else None
     if args.report_only:  # e.g. while a long run is still filling the cache
-        data = json.loads(Path(args.out + ".json").read_text())
-        atomic_write_text(Path(args.out + ".md"), render(data, ours))
-        print(render(data, ours))
+        write_markdown(args.out, render(read_results(args.out), ours))
         return
     bench = PeerBench(args)
     tasks = args.tasks
@@ -468,8 +465,7 @@ def main() -> None:
         "cores": os.cpu_count(),
     }
     bench.save()
-    atomic_write_text(Path(args.out + ".md"), render(bench.data, ours))
-    print(render(bench.data, ours))
+    write_markdown(args.out, render(bench.data, ours))
 
 
 # ---------------------------------------------------------------------------------------------------- report
