@@ -9,7 +9,8 @@ figures again from a lent GPU's run (`benchmarks/gpu/run.sh`, results `*_h200.js
     .venv/bin/python benchmarks/run_all.py --report-only   # the report from the committed results (seconds)
     .venv/bin/python benchmarks/run_all.py --only performance training_overhead   # rerun some, then the report
 
-`tailored_llama` and `torch_pruning` resume from their cached cells; `performance`, `training_overhead` and
+`tailored_llama`, `torch_pruning`, `task_lora_lr` and `paired_comparison` resume from their cached cells (the last
+reads the task-LoRA rate `task_lora_lr` chose, so runs after it); `performance`, `training_overhead` and
 `nuteprune` (its memory and step-time part only) rerun in full (a quiet machine matters for those: stop other jobs).
 The Torch-Pruning peer needs `make peers` first (it is installed into `.peers/`, outside the repository's
 environment).
@@ -51,14 +52,20 @@ SCRIPTS = {
     "depgraph_configs": ROOT / "benchmarks" / "depgraph_configs.py",
     "tailored_llama": ROOT / "benchmarks" / "tailored_llama.py",
     "torch_pruning": ROOT / "benchmarks" / "peers" / "torch_pruning_peer.py",
+    # Before the paired comparisons: their chosen-rate pair reads the rate these choose.
+    "task_lora_lr_50": ROOT / "benchmarks" / "task_lora_lr.py",
+    "task_lora_lr_20": ROOT / "benchmarks" / "task_lora_lr.py",
     "paired_comparison_50": ROOT / "benchmarks" / "peers" / "paired_comparison.py",
     "paired_comparison_20": ROOT / "benchmarks" / "peers" / "paired_comparison.py",
     "nuteprune": ROOT / "benchmarks" / "nuteprune.py",
-    "task_lora_lr_50": ROOT / "benchmarks" / "task_lora_lr.py",
 }
 #: Arguments per script; NutePrune's quality runs take hours (`benchmarks/nuteprune.py` alone runs them; a run with
 #: `--skip-quality` keeps the committed quality section).
-SCRIPT_ARGS = {"nuteprune": ["--skip-quality"], "paired_comparison_20": ["--ratio", "0.2"]}
+SCRIPT_ARGS = {
+    "nuteprune": ["--skip-quality"],
+    "paired_comparison_20": ["--ratio", "0.2"],
+    "task_lora_lr_20": ["--ratio", "0.2"],
+}
 #: Issue 9's targets.
 IMPORTANCE_TIME_TARGET = 1.2  # ours / one plain forward + backward over the same tokens
 IMPORTANCE_MEMORY_TARGET = 1.3  # ours / forward + backward without keeping full-model gradients

@@ -285,10 +285,24 @@ class Bench:
         model = AutoModelForCausalLM.from_pretrained(path)
         return model, check_saved_plan(model, path)
 
-    def tuned_cell(self, base, key: str, train, tasks: list[str], group_by_length: bool = False) -> dict[str, Any]:
+    def tuned_cell(
+        self,
+        base,
+        key: str,
+        train,
+        tasks: list[str],
+        group_by_length: bool = False,
+        learning_rate: float | None = None,
+    ) -> dict[str, Any]:
+        """`base` + the task LoRA on `train`, scored on `tasks`, cached under `key`; `learning_rate` (recorded in the
+        cell) replaces the run's."""
+
         def run() -> dict[str, Any]:
-            tuned, stats = self.tune(copy.deepcopy(base), train, group_by_length=group_by_length)
-            return {**self.evaluate(tuned, tasks), "training": stats, "examples": len(train)}
+            tuned, stats = self.tune(
+                copy.deepcopy(base), train, group_by_length=group_by_length, learning_rate=learning_rate
+            )
+            result = {**self.evaluate(tuned, tasks), "training": stats, "examples": len(train)}
+            return result | ({} if learning_rate is None else {"learning_rate": learning_rate})
 
         return self.cell(key, run)
 

@@ -27,6 +27,10 @@ Pairs, ours vs the peer after the same training budget:
 - "C4 + task LoRA, K=`MORE_SHOTS`": the "C4 + task LoRA" pair with `MORE_SHOTS` task shots instead of the paper's
   K=50 (the shots ablation of its Table 3), with the dense + same tune control under `--dense`: how much of the gap to
   dense more task-specific data closes.
+- "C4 + task LoRA, chosen rate": the "C4 + task LoRA" pair with the task LoRA's learning rate that
+  `benchmarks/task_lora_lr.py` chose for the L0 model at this ratio (on held-out train items, no validation score
+  used; run it first), given to the peer and the dense control alike: does the larger rate's gain on its 200 items
+  hold on these? Its first 200 items (BoolQ 100) are checked against `task_lora_lr`'s cells at that rate.
 
 Every model is rebuilt deterministically (same calibration, seeds and settings as the committed cells), so the mean
 over the first 200 items (BoolQ 100) of each cell is checked against the committed 200-item cell of
@@ -54,7 +58,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -72,6 +76,9 @@ from tailored_llama import (  # noqa: E402
     config_at,
     forget_other_config,
 )
+from task_lora_lr import PRUNED as RATE_MODEL  # noqa: E402
+from task_lora_lr import RESULTS_STEM as RATE_STEM  # noqa: E402
+from task_lora_lr import cells_of, chosen_rate, rates_in  # noqa: E402
 from torch_pruning_peer import IMPORTANCES, PeerBench, best_importance, tp_version  # noqa: E402
 
 from tailored_hf.eval import COMMONSENSE_TASKS, paired_mean_difference  # noqa: E402
@@ -113,17 +120,37 @@ def dense_c4_prefix(c4_steps: int | None) -> str:
     return "dense-c4" + ("" if c4_steps is None else f"_{c4_steps}")
 
 
+class TaskBudget(NamedTuple):
+    """A task-LoRA budget: `shots` per task (None: the run's `--k`, the paper's 50), and whether the learning rate is
+    the one `task_lora_lr.py` chose at the run's ratio (`chosen_rate`) instead of the run's `--learning-rate`."""
+
+    shots: int | None = None
+    chosen_rate: bool = False
+
+    @property
+    def kind(self) -> str:
+        """Cell kind of a model + the task LoRA on this budget: `task`, `task_k200`, `task_chosen_lr`."""
+        return "task" + ("" if self.shots is None else f"_k{self.shots}") + ("_chosen_lr" if self.chosen_rate else "")
+
+    @property
+    def label(self) -> str:
+        """The budget in a label (empty for the paper's); `{rate}` is filled with the chosen rate when rendered."""
+        return ("" if self.shots is None else f" (K={self.shots})") + (
+            " (lr {rate}, chosen on held-out train items)" if self.chosen_rate else ""
+        )
+
+
+PAPER_BUDGET = TaskBudget()
 #: A larger task-specific budget than the paper's K=50 (its Table 3 varies K): the same task LoRA (rank, rate, epochs,
 #: batch) on this many shots of each task.
 MORE_SHOTS = 200
-#: Pairs on the larger task budget: pair name -> (a `C4_MODELS` name, shots); the peer and the dense control get the
-#: same C4 LoRA and the same shots.
-SHOT_PAIRS: dict[str, tuple[str, int]] = {f"c4_task_lora_k{MORE_SHOTS}": ("l0", MORE_SHOTS)}
-
-
-def task_kind(shots: int | None = None) -> str:
-    """Cell kind of a model + the task LoRA on `shots` shots per task (None: the run's `--k`, the paper's 50)."""
-    return "task" + ("" if shots is None else f"_k{shots}")
+CHOSEN_RATE = TaskBudget(chosen_rate=True)
+#: Pairs on another task budget than the paper's: pair name -> (a `C4_MODELS` name, budget); the peer and the dense
+#: control get the same C4 LoRA and the same budget.
+BUDGET_PAIRS: dict[str, tuple[str, TaskBudget]] = {
+    f"c4_task_lora_k{MORE_SHOTS}": ("l0", TaskBudget(shots=MORE_SHOTS)),
+    "c4_task_lora_chosen_lr": (RATE_MODEL, CHOSEN_RATE),
+}
 
 
 def is_task_prefix(prefix: str) -> bool:
@@ -150,30 +177,39 @@ PAIRS: dict[str, tuple[str, str, str]] = (
     }
     | {
         pair: (
-            f"{name}/{task_kind(shots)}",
-            f"{peer_c4_prefix(C4_MODELS[name][0].get('c4_steps'))}/{task_kind(shots)}",
-            f"{C4_MODELS[name][1]} vs the same peer, each + task LoRA (K={shots})",
+            f"{name}/{budget.kind}",
+            f"{peer_c4_prefix(C4_MODELS[name][0].get('c4_steps'))}/{budget.kind}",
+            f"{C4_MODELS[name][1]} vs the same peer, each + task LoRA{budget.label}",
         )
-        for pair, (name, shots) in SHOT_PAIRS.items()
+        for pair, (name, budget) in BUDGET_PAIRS.items()
     }
 )
-#: Where each of our / the peer's cells was first measured on 200 items: (file, cell key with `{tag}`, `{imp}`); the
-#: models of the larger C4 budget have no such cells.
-COMMITTED = {
-    "dense": (OURS, "dense"),
-    DENSE_TASK: (OURS, "dense+task"),
-    "ours/pruned": (OURS, "{tag}/pruned"),
-    "ours/task": (OURS, "{tag}/task"),
-    "tp-{imp}/pruned": (PEER, "{tag}/{imp}/pruned"),
-    "tp-{imp}/task": (PEER, "{tag}/{imp}/task"),
-    "tp-{imp}-c4/pruned": (PEER, "{tag}/{imp}/c4/pruned"),
-    "tp-{imp}-c4/task": (PEER, "{tag}/{imp}/c4/task"),
-} | {
-    f"{name}/{kind}": (OURS, f"{{tag}}/{name}/{kind}")
-    for name, (overrides, *_) in C4_MODELS.items()
-    if "c4_steps" not in overrides
-    for kind in ("pruned", "task")
-}
+#: Where each of our / the peer's cells was first measured on 200 items: (file with `{percent}`, cell key with `{tag}`,
+#: `{imp}`, `{rate}`); the models of the larger C4 budget have no such cells.
+COMMITTED: dict[str, tuple[Path, str]] = (
+    {
+        "dense": (OURS, "dense"),
+        DENSE_TASK: (OURS, "dense+task"),
+        "ours/pruned": (OURS, "{tag}/pruned"),
+        "ours/task": (OURS, "{tag}/task"),
+        "tp-{imp}/pruned": (PEER, "{tag}/{imp}/pruned"),
+        "tp-{imp}/task": (PEER, "{tag}/{imp}/task"),
+        "tp-{imp}-c4/pruned": (PEER, "{tag}/{imp}/c4/pruned"),
+        "tp-{imp}-c4/task": (PEER, "{tag}/{imp}/c4/task"),
+    }
+    | {
+        f"{name}/{kind}": (OURS, f"{{tag}}/{name}/{kind}")
+        for name, (overrides, *_) in C4_MODELS.items()
+        if "c4_steps" not in overrides
+        for kind in ("pruned", "task")
+    }
+    | {
+        f"{RATE_MODEL}/{CHOSEN_RATE.kind}": (
+            RESULTS_DIR / f"{RATE_STEM}_{{percent}}.json",
+            f"{RATE_MODEL}/lr={{rate}}",
+        )
+    }
+)
 #: Items per task of the committed cells (BoolQ: its own limit).
 COMMITTED_LIMIT, COMMITTED_BOOLQ_LIMIT = 200, 100
 #: |z| at which a paired difference counts as resolved (about 95% two-sided).
@@ -208,18 +244,14 @@ def build_share_rows() -> tuple[tuple[str, str, str | None], ...]:
     for name, (overrides, label, _, _) in C4_MODELS.items():
         dense = dense_c4_prefix(overrides.get("c4_steps"))
         rows += [(f"{name}/pruned", label, dense), (f"{name}/task", f"{label} + task LoRA", f"{dense}/task")]
-    for name, shots in SHOT_PAIRS.values():
+    for name, task_budget in BUDGET_PAIRS.values():
         overrides, label, *_ = C4_MODELS[name]
-        steps, kind = overrides.get("c4_steps"), task_kind(shots)
+        steps, kind, tuned = overrides.get("c4_steps"), task_budget.kind, f"task LoRA{task_budget.label}"
         dense, budget = f"{dense_c4_prefix(steps)}/{kind}", budget_text(steps)
         rows += [
-            (dense, f"dense + C4 LoRA{budget} + task LoRA (K={shots})", None),
-            (
-                f"{peer_c4_prefix(steps)}/{kind}",
-                f"Torch-Pruning ({{imp}}) + C4 LoRA{budget} + task LoRA (K={shots})",
-                dense,
-            ),
-            (f"{name}/{kind}", f"{label} + task LoRA (K={shots})", dense),
+            (dense, f"dense + C4 LoRA{budget} + {tuned}", None),
+            (f"{peer_c4_prefix(steps)}/{kind}", f"Torch-Pruning ({{imp}}) + C4 LoRA{budget} + {tuned}", dense),
+            (f"{name}/{kind}", f"{label} + {tuned}", dense),
         ]
     return tuple(rows)
 
@@ -297,19 +329,52 @@ class PairedBench(PeerBench):
             "achieved": 1 - count_parameters(model) / self.dense_params,
         } | ({} if config is None else {"config": config})
 
+    #: The task-LoRA rate `task_lora_lr.py` chose at this ratio, for the `CHOSEN_RATE` cells (`use_chosen_rate`).
+    chosen_rate: float | None = None
+
+    def use_chosen_rate(self) -> None:
+        """Reads the rate `task_lora_lr.py` chose for its model at this ratio (its run must share this run's model,
+        data, tasks and recovery settings but the rate), records it, and drops `CHOSEN_RATE` cells made at another."""
+        path = Path(results_path(RATE_STEM, self.args.ratio) + ".json")
+        if not path.is_file():
+            raise SystemExit(f"{CHOSEN_RATE.kind} cells need {path}: run benchmarks/task_lora_lr.py first")
+        data = json.loads(path.read_text())
+        shared = ("model", "data_dir", "tasks", "k", "lora_r", "epochs", "batch_size", "seed")
+        differ = [key for key in shared if data["settings"].get(key) != vars(self.args)[key]]
+        if differ:
+            raise SystemExit(f"{path.name} was run with other settings ({', '.join(differ)}) than this run")
+        cells = cells_of(data)
+        self.chosen_rate = chosen_rate(cells, RATE_MODEL, rates_in(cells), self.args.tasks)
+        if self.chosen_rate is None:
+            raise SystemExit(f"{path.name} has not scored every rate of its grid yet: no rate chosen")
+        self.data["chosen_task_rate"] = {"rate": self.chosen_rate, "source": path.name}
+        stale = [
+            key
+            for key, cell in self.data["cells"].items()
+            if f"/{CHOSEN_RATE.kind}/" in key and cell["value"].get("learning_rate") != self.chosen_rate
+        ]
+        for key in stale:
+            logger.info("%s: made at another rate than the chosen %g, measured again", key, self.chosen_rate)
+            del self.data["cells"][key]
+
     def model_cells(
-        self, model: torch.nn.Module, prefix: str, shots: Iterable[int | None] = (), untuned: bool = True
+        self, model: torch.nn.Module, prefix: str, budgets: Iterable[TaskBudget] = (), untuned: bool = True
     ) -> None:
         """`model`'s cells under `prefix`: scored as it is (`prefix/pruned`, or `prefix` itself for a dense-based
-        model) when `untuned`, and after each task's LoRA on each of `shots` (`prefix/<task_kind(shots)>/<task>`;
-        None: `--k` shots)."""
+        model) when `untuned`, and after each task's LoRA on each of `budgets` (`prefix/<budget.kind>/<task>`)."""
         if untuned:
             key = f"{self.tag}/{prefix}" + ("" if prefix.startswith("dense") else "/pruned")
             self.cell(key, lambda: self.evaluate(model, self.args.tasks))
-        for k in shots:
+        for budget in budgets:
+            rate = None
+            if budget.chosen_rate:
+                if self.chosen_rate is None:
+                    raise RuntimeError("call use_chosen_rate() before measuring chosen-rate cells")
+                rate = self.chosen_rate
             for task in self.args.tasks:
-                key = f"{self.tag}/{prefix}/{task_kind(k)}/{task}"
-                self.tuned_cell(model, key, self.shots(task, k or self.args.k), [task])
+                key = f"{self.tag}/{prefix}/{budget.kind}/{task}"
+                train = self.shots(task, budget.shots or self.args.k)
+                self.tuned_cell(model, key, train, [task], learning_rate=rate)
 
     def missing(self, *prefixes: str) -> bool:
         keys = []
@@ -335,43 +400,45 @@ def main() -> None:
     for prefix, build in (("ours", bench.our_model), (f"tp-{imp}", bench.peer_model)):
         if kinds and bench.missing(*(f"{prefix}/{kind}" for kind in kinds)):
             model = build()
-            bench.model_cells(model, prefix, [None] if "task" in kinds else [], untuned="pruned" in kinds)
+            bench.model_cells(model, prefix, [PAPER_BUDGET] if "task" in kinds else [], untuned="pruned" in kinds)
             del model
-    # Per C4 model / C4 budget asked for: the task budgets (shots; None: `--k`) its cells need.
-    shots_of: dict[str, list[int | None]] = {}
+    # Per C4 model / C4 budget asked for: the task budgets its cells need.
+    budgets_of: dict[str, list[TaskBudget]] = {}
     for name, (_, _, untuned_pair, tuned_pair) in C4_MODELS.items():
         if untuned_pair in args.pairs or tuned_pair in args.pairs:
-            shots_of[name] = [None] if tuned_pair in args.pairs else []
-    for pair, (name, shots) in SHOT_PAIRS.items():
+            budgets_of[name] = [PAPER_BUDGET] if tuned_pair in args.pairs else []
+    for pair, (name, budget) in BUDGET_PAIRS.items():
         if pair in args.pairs:
-            shots_of.setdefault(name, []).append(shots)
-    budget_shots: dict[int | None, list[int | None]] = {}
-    for name, shots in shots_of.items():
+            budgets_of.setdefault(name, []).append(budget)
+    if any(CHOSEN_RATE in budgets for budgets in budgets_of.values()):
+        bench.use_chosen_rate()
+    c4_budgets: dict[int | None, list[TaskBudget]] = {}  # C4 steps -> the task budgets tuned on that C4 LoRA
+    for name, budgets in budgets_of.items():
         overrides = C4_MODELS[name][0]
         steps = overrides.get("c4_steps")
-        budget_shots[steps] = list(dict.fromkeys(budget_shots.get(steps, []) + shots))
+        c4_budgets[steps] = list(dict.fromkeys(c4_budgets.get(steps, []) + budgets))
         forget_other_config(bench.data, name, f"{bench.tag}/{name}", overrides, args.ratio)
-        if bench.missing(f"{name}/pruned", *(f"{name}/{task_kind(k)}" for k in shots)):
+        if bench.missing(f"{name}/pruned", *(f"{name}/{budget.kind}" for budget in budgets)):
             model, _ = bench.pruned(args.ratio, **overrides)
             bench.record_params(name, model, config_at(overrides, args.ratio))
-            bench.model_cells(model, name, shots)
+            bench.model_cells(model, name, budgets)
             del model
     if args.dense:  # first: the dense + same tune controls are what the shares are read against
         bench.cell("dense", lambda: bench.evaluate(bench.model, args.tasks))
         if "task_lora" in args.pairs:
-            bench.model_cells(bench.model, "dense", [None], untuned=False)
-        for steps, shots in budget_shots.items():  # dense + the same C4 LoRA (+ task LoRA)
+            bench.model_cells(bench.model, "dense", [PAPER_BUDGET], untuned=False)
+        for steps, budgets in c4_budgets.items():  # dense + the same C4 LoRA (+ task LoRA)
             prefix = dense_c4_prefix(steps)
-            shots = list(dict.fromkeys([None, *shots]))
-            if bench.missing(prefix, *(f"{prefix}/{task_kind(k)}" for k in shots)):
+            budgets = list(dict.fromkeys([PAPER_BUDGET, *budgets]))
+            if bench.missing(prefix, *(f"{prefix}/{budget.kind}" for budget in budgets)):
                 model = c4_lora(copy.deepcopy(bench.model), bench.tokenizer, args, steps)
-                bench.model_cells(model, prefix, shots)
+                bench.model_cells(model, prefix, budgets)
                 del model
-    for steps, shots in budget_shots.items():
+    for steps, budgets in c4_budgets.items():
         peer = peer_c4_prefix(steps).format(imp=imp)
-        if bench.missing(f"{peer}/pruned", *(f"{peer}/{task_kind(k)}" for k in shots)):
+        if bench.missing(f"{peer}/pruned", *(f"{peer}/{budget.kind}" for budget in budgets)):
             model = c4_lora(bench.peer_model(), bench.tokenizer, args, steps)
-            bench.model_cells(model, peer, shots)
+            bench.model_cells(model, peer, budgets)
             del model
     bench.data["environment"] = {"torch_pruning": tp_version(), "torch": torch.__version__}
     bench.save()
@@ -393,14 +460,27 @@ def item_scores(cells: dict[str, Any], tag: str, prefix: str, tasks: list[str]) 
     return scores
 
 
-def committed_check(prefix: str, scores: dict[str, list[float]], tag: str, imp: str) -> str:
+def chosen_rate_text(data: dict[str, Any]) -> str:
+    """The task-LoRA rate of the `CHOSEN_RATE` cells, as labels show it."""
+    chosen = data.get("chosen_task_rate")
+    return "not chosen yet" if chosen is None else f"{chosen['rate']:g}"
+
+
+def fill(label: str, data: dict[str, Any]) -> str:
+    """A pair's or share row's label with the peer's importance and the chosen task-LoRA rate filled in."""
+    return label.format(imp=data["settings"]["importance"], rate=chosen_rate_text(data))
+
+
+def committed_check(prefix: str, scores: dict[str, list[float]], data: dict[str, Any]) -> str:
     """Whether the first 200 items (BoolQ 100) reproduce the committed 200-item cells, task by task (`prefix`: a
     `COMMITTED` key)."""
+    s = data["settings"]
     path, pattern = COMMITTED[prefix]
+    path = Path(str(path).format(percent=round(100 * s["ratio"])))
     if not path.is_file():
         return "no committed cells"
     cells = {k: v["value"] for k, v in json.loads(path.read_text())["cells"].items()}
-    base = pattern.format(tag=tag, imp=imp)
+    base = pattern.format(tag=f"{s['ratio']:.0%}", imp=s["importance"], rate=chosen_rate_text(data))
     mismatches, rebuilt, committed = [], [], []
     for task, items in scores.items():
         cell = cells.get(f"{base}/{task}" if is_task_prefix(prefix) else base)
@@ -428,7 +508,7 @@ def pair_results(data: dict[str, Any]) -> list[dict[str, Any]]:
     cells = {k: v["value"] for k, v in data["cells"].items()}
     results = []
     for name, (ours_prefix, peer_pattern, label) in PAIRS.items():
-        entry: dict[str, Any] = {"name": name, "label": label.format(imp=imp), "prefixes": (ours_prefix, peer_pattern)}
+        entry: dict[str, Any] = {"name": name, "label": fill(label, data), "prefixes": (ours_prefix, peer_pattern)}
         ours = item_scores(cells, tag, ours_prefix, tasks)
         peer = item_scores(cells, tag, peer_pattern.format(imp=imp), tasks)
         entry |= {"ours_items": ours, "peer_items": peer}
@@ -500,7 +580,7 @@ def shares(data: dict[str, Any]) -> tuple[float | None, list[ShareRow]]:
         control_mean = None if control is None else mean_of(control, tasks)
         rows.append(
             ShareRow(
-                label=label.format(imp=imp),
+                label=fill(label, data),
                 mean=value,
                 share=None if dense is None else value / dense,
                 share_informative=share_informative,
@@ -574,7 +654,7 @@ def render(data: dict[str, Any]) -> str:
         *summary_table(data),
     ]
     checks = [
-        (dense, committed_check(dense, dense_items, tag, imp))
+        (dense, committed_check(dense, dense_items, data))
         for dense in ("dense", DENSE_TASK)
         if (dense_items := item_scores(cells, tag, dense, tasks)) is not None
     ]
@@ -584,7 +664,7 @@ def render(data: dict[str, Any]) -> str:
             if pattern not in COMMITTED:
                 continue
             if scores is not None and pattern.format(imp=imp) not in [c[0] for c in checks]:
-                checks.append((pattern.format(imp=imp), committed_check(pattern, scores, tag, imp)))
+                checks.append((pattern.format(imp=imp), committed_check(pattern, scores, data)))
         if "paired" not in entry:
             continue
         ours, peer, paired = entry["ours_items"], entry["peer_items"], entry["paired"]
