@@ -16,8 +16,9 @@ reported (validation) scores cannot bias:
   are reported for every rate but play no part in the choice.
 
 The pruned model runs first at every rate, then the dense model at the pruned model's chosen rate (the control),
-then at the other rates; dense cells that another ratio's run measured with the same settings are taken over. Cells are cached in the JSON (an interrupted run resumes); at the paper's rate the
-validation cells must reproduce `tailored_llama.json`'s (checked in the report).
+then at the other rates (`--dense-rates all`, the default; `chosen`: the control only); dense cells that another
+ratio's run measured with the same settings are taken over. Cells are cached in the JSON (an interrupted run
+resumes); at the paper's rate the validation cells must reproduce `tailored_llama.json`'s (checked in the report).
 
     .venv/bin/python benchmarks/task_lora_lr.py                       # 50% (~2.5 h on 2 quiet cores; resumes)
     .venv/bin/python benchmarks/task_lora_lr.py --ratio 0.2           # 20%
