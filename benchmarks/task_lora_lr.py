@@ -206,8 +206,8 @@ def main() -> None:
     del model
     bench.untuned_cell(bench.model, "dense")
     control = chosen_rate({k: v["value"] for k, v in bench.data["cells"].items()}, PRUNED, rates, args.tasks)
-    dense_rates = sorted(rates, key=lambda rate: rate != control)  # the control first
-    for rate in dense_rates if args.dense_rates == "all" else [control]:
+    dense_rates = [control] if args.dense_rates == "chosen" else sorted(rates, key=lambda rate: rate != control)
+    for rate in dense_rates:  # the control first
         bench.rate_cells(bench.model, "dense", rate)
     bench.save()
     write_markdown(args.out, render(bench.data))

@@ -184,9 +184,9 @@ PAIRS: dict[str, tuple[str, str, str]] = (
         for pair, (name, budget) in BUDGET_PAIRS.items()
     }
 )
-#: Where each of our / the peer's cells was first measured on 200 items: (file with `{percent}`, cell key with `{tag}`,
-#: `{imp}`, `{rate}`); the models of the larger C4 budget have no such cells.
-COMMITTED: dict[str, tuple[Path, str]] = (
+#: Where each of our / the peer's cells was first measured on 200 items: (file, or the stem of a script's results per
+#: ratio (`results_path`), cell key with `{tag}`, `{imp}`, `{rate}`); the models of the larger C4 budget have none.
+COMMITTED: dict[str, tuple[Path | str, str]] = (
     {
         "dense": (OURS, "dense"),
         DENSE_TASK: (OURS, "dense+task"),
@@ -205,7 +205,7 @@ COMMITTED: dict[str, tuple[Path, str]] = (
     }
     | {
         f"{RATE_MODEL}/{CHOSEN_RATE.kind}": (
-            RESULTS_DIR / f"{RATE_STEM}_{{percent}}.json",
+            RATE_STEM,
             f"{RATE_MODEL}/lr={{rate}}",
         )
     }
@@ -476,7 +476,7 @@ def committed_check(prefix: str, scores: dict[str, list[float]], data: dict[str,
     `COMMITTED` key)."""
     s = data["settings"]
     path, pattern = COMMITTED[prefix]
-    path = Path(str(path).format(percent=round(100 * s["ratio"])))
+    path = Path(results_path(path, s["ratio"]) + ".json") if isinstance(path, str) else path
     if not path.is_file():
         return "no committed cells"
     cells = {k: v["value"] for k, v in json.loads(path.read_text())["cells"].items()}
