@@ -6,6 +6,7 @@ from .calibration import (
     calibration_batches,
     load_calibration_texts,
     load_lm_text,
+    packed_windows,
 )
 from .kshot import DEFAULT_RECOVERY_K, allocate_stratified, sample_k_shots
 from .mappers import (
@@ -61,6 +62,7 @@ __all__ = [
     "list_tasks",
     "load_calibration_texts",
     "load_lm_text",
+    "packed_windows",
     "load_local_file",
     "load_task_split",
     "map_for_scoring",

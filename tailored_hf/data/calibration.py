@@ -118,6 +118,47 @@ def _token_ids(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
 
+def packed_windows(
+    tokenizer: Any,
+    source: str | os.PathLike = "c4",
+    seq_len: int = DEFAULT_CALIBRATION_SEQ_LEN,
+    seed: int = 0,
+    data_dir: str | os.PathLike | None = None,
+    texts: list[str] | None = None,
+) -> torch.LongTensor:
+    """
+    Every token of a text source, packed into windows of `seq_len` tokens: the documents in one seeded order, each
+    followed by the tokenizer's EOS token (when it has one), cut into consecutive windows; the last partial window is
+    dropped. Training text for recovery (e.g. distillation from the dense model), where `calibration_batches` draws
+    a few windows to score importance.
+
+    Args:
+        tokenizer: A tokenizer callable as `tokenizer(text)["input_ids"]`.
+        source (`str` or `os.PathLike`, defaults to `"c4"`): See [`load_calibration_texts`].
+        seq_len (`int`, defaults to 128): Tokens per window.
+        seed (`int`, defaults to 0): Seed of the document order.
+        data_dir (`str` or `os.PathLike`, *optional*): Data directory.
+        texts (`list[str]`, *optional*): Documents to use instead of loading `source`.
+
+    Returns:
+        `torch.LongTensor` of shape `[windows, seq_len]`.
+
+    Raises:
+        `ValueError`: `seq_len <= 0`, or the documents hold fewer than `seq_len` tokens in all.
+    """
+    if seq_len <= 0:
+        raise ValueError(f"seq_len must be positive, got {seq_len}.")
+    documents = texts if texts is not None else load_calibration_texts(source, data_dir=data_dir)
+    separator = [] if getattr(tokenizer, "eos_token_id", None) is None else [tokenizer.eos_token_id]
+    stream: list[int] = []
+    for index in random.Random(seed).sample(range(len(documents)), len(documents)):
+        stream += _token_ids(tokenizer, documents[index]) + separator
+    count = len(stream) // seq_len
+    if count == 0:
+        raise ValueError(f"The documents hold {len(stream)} tokens, fewer than one window of {seq_len}.")
+    return torch.tensor(stream[: count * seq_len], dtype=torch.long).view(count, seq_len)
+
+
 def calibration_batches(
     tokenizer: Any,
     source: str | os.PathLike = DEFAULT_CALIBRATION_SOURCE,

@@ -65,3 +65,24 @@ def test_packaged_calibration(tokenizer, monkeypatch):
     assert calibration_batches(tokenizer, "book", n_samples=20, seq_len=128).shape == (20, 128)
     with pytest.raises(ValueError, match="No 'c4' calibration file"):
         load_calibration_texts("c4")
+
+
+def test_packed_windows_keep_every_token_in_seeded_document_order(tokenizer):
+    """All documents' tokens, each document followed by EOS, cut into full windows; the order follows the seed."""
+    import random
+
+    from tailored_hf.data import packed_windows
+
+    texts = [f"document {i} " + "word " * (5 + 3 * i) for i in range(6)]
+    windows = packed_windows(tokenizer, texts=texts, seq_len=8, seed=3)
+    stream: list[int] = []
+    for index in random.Random(3).sample(range(len(texts)), len(texts)):
+        stream += tokenizer(texts[index], add_special_tokens=False)["input_ids"]
+        stream += [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    assert windows.dtype == torch.long and windows.shape == (len(stream) // 8, 8)
+    assert windows.flatten().tolist() == stream[: windows.numel()]
+    assert not torch.equal(windows, packed_windows(tokenizer, texts=texts, seq_len=8, seed=4))
+    with pytest.raises(ValueError, match="fewer than one window"):
+        packed_windows(tokenizer, texts=["word"], seq_len=64)
+    with pytest.raises(ValueError, match="seq_len must be positive"):
+        packed_windows(tokenizer, texts=texts, seq_len=0)
