@@ -38,6 +38,7 @@ from tailored_llama import (
     c4_budget_text,
     extra_configs,
     mean_stderr,
+    peer_configs,
 )
 from training_overhead import memory_key
 
@@ -389,7 +390,7 @@ def peer_section(
         configs = [(tag, "paper config", "tailored_hf depgraph (Taylor)")]
         configs += [  # trained configurations are judged against the peer after the same training, below
             (f"{tag}/{name}", name, f"tailored_hf depgraph (Taylor), {EXTRA_LABELS.get(name, name)}")
-            for name in extra_configs(our_cells, tag)
+            for name in peer_configs(our_cells, tag)
             if name not in C4_BUDGET_CONFIGS
         ]
         figures = {}
@@ -484,7 +485,7 @@ def c4_budget_lines(ours: dict[str, Any], peer: dict[str, Any]) -> list[str]:
     for ratio in ours["settings"]["ratios"]:
         tag = f"{ratio:.0%}"
         peer_keys = sorted({k.rsplit("/c4/", 1)[0] for k in peer_cells if k.startswith(f"{tag}/") and "/c4/" in k})
-        names = [name for name in extra_configs(our_cells, tag) if name in C4_BUDGET_CONFIGS]
+        names = [name for name in peer_configs(our_cells, tag) if name in C4_BUDGET_CONFIGS]
         if not peer_keys or not names:
             continue
         key = peer_keys[0] + "/c4"

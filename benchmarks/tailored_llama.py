@@ -67,7 +67,14 @@ EXTRA_CONFIGS: dict[str, dict[str, Any]] = {
     "iterative": {"global_ranking": True, "iterative_steps": 5},
     "iterative_c4": {"global_ranking": True, "iterative_steps": 5, "generic_lora": "c4"},
     "l0": {"method": "nuteprune", "distillation": "none"},
+    "l0_teacher_kd": {"method": "nuteprune", "distillation": "none", "teacher_kd_steps": 200},
 }
+#: "l0_teacher_kd": the "l0" model, then distilled from the dense model (`tailored_hf.distillation`): every weight
+#: trained to match the dense model's next-token distribution on packed C4 windows, at these settings (200 steps of
+#: 8 x 256 tokens, 409,600 tokens, 6.4x the C4 LoRA's). No peer row has this budget, so it is compared with no peer,
+#: only with dense in the moonshot.
+TEACHER_KD = {"batch_size": 8, "seq_len": 256, "learning_rate": 1e-4, "temperature": 1.0}
+TEACHER_KD_CONFIGS = ("l0_teacher_kd",)
 #: `L0Config.sparsity_constraint` of the NutePrune configurations per ratio where it is not NutePrune's default
 #: ("equality"): chosen on held-out C4 perplexity by `benchmarks/l0_controller.py` at `NUTEPRUNE_ARGS`, no task scored
 #: in the choice. At 20% the default's expected sparsity overshoots to 29.7% during training (held-out C4 ppl 128.6)
@@ -83,6 +90,7 @@ EXTRA_LABELS = {
     "iterative": "global ranking, 5 iterative rounds",
     "iterative_c4": "global ranking, 5 iterative rounds, + the L0 row's C4 LoRA, merged",
     "l0": "NutePrune L0 masks, no KD, their C4 LoRA merged",
+    "l0_teacher_kd": "NutePrune L0 masks, their C4 LoRA merged, + dense-teacher KD on C4",
 }
 #: `benchmarks/nuteprune.py`'s committed CPU-scale quality setting (64,000 C4 tokens in 500 steps).
 NUTEPRUNE_ARGS = ["--steps", "500", "--batch-size", "1", "--seq-len", "128", "--device", "cpu"]
@@ -232,8 +240,16 @@ class Bench:
     def pruned(self, ratio: float, **overrides: Any):
         """A pruned copy of the dense model at `ratio` and its plan; `overrides` change the paper's configuration
         (`method="nuteprune"`: NutePrune's L0 masks instead of our pass; `generic_lora="c4"`: + the C4 LoRA;
-        `c4_steps`: that C4 training for this many steps instead of `NUTEPRUNE_ARGS`' 500)."""
-        c4_steps = overrides.get("c4_steps")
+        `c4_steps`: that C4 training for this many steps instead of `NUTEPRUNE_ARGS`' 500; `teacher_kd_steps`: then
+        this many steps of dense-teacher distillation at `TEACHER_KD`)."""
+        c4_steps, kd_steps = overrides.get("c4_steps"), overrides.get("teacher_kd_steps")
+        if kd_steps:
+            rest = {k: v for k, v in overrides.items() if k != "teacher_kd_steps"}
+            name = "".join(f"-{k}={v}" for k, v in sorted(config_at(rest, ratio).items()))
+            return self.cached_model(
+                f"teacherkd{kd_steps}{name}-{ratio}-seed{self.args.seed}",
+                lambda: teacher_kd(self.pruned(ratio, **rest)[0], self.model, self.tokenizer, self.args, kd_steps),
+            )
         if overrides.get("method") == "nuteprune":
             constraint = config_at(overrides, ratio).get("sparsity_constraint", L0_DEFAULT_CONSTRAINT)
             return self.nuteprune_pruned(ratio, overrides["distillation"], c4_steps, constraint)
@@ -537,6 +553,30 @@ def c4_lora(
     return merged
 
 
+def teacher_kd(model: torch.nn.Module, dense: torch.nn.Module, tokenizer, args: argparse.Namespace, steps: int):
+    """`model` (already pruned) after `steps` steps of distillation from a copy of `dense` at `TEACHER_KD` (every
+    weight trained; packed C4 windows in a seeded document order)."""
+    from tailored_hf.data import packed_windows
+    from tailored_hf.distillation import distill_from_teacher
+
+    settings = dict(TEACHER_KD)
+    windows = packed_windows(tokenizer, "c4", seq_len=settings.pop("seq_len"), seed=args.seed, data_dir=args.data_dir)
+    trained, stats = distill_from_teacher(
+        model,
+        copy.deepcopy(dense),  # frozen by the trainer: the dense model itself stays trainable for the other cells
+        windows,
+        Path(args.out).parent / "trainer",
+        max_steps=steps,
+        seed=args.seed,
+        use_cpu=True,
+        **settings,
+    )
+    logger.info(
+        "Dense-teacher KD: %d steps, %d tokens in %.0fs", stats["steps"], stats["tokens"], stats["train_seconds"]
+    )
+    return trained.eval()
+
+
 def config_at(overrides: dict[str, Any], ratio: float) -> dict[str, Any]:
     """`Bench.pruned` overrides as run at `ratio`: a NutePrune configuration gets the `sparsity_constraint` of
     `L0_SPARSITY_CONSTRAINTS` where that is not the default."""
@@ -576,6 +616,11 @@ def extra_configs(keys, tag: str) -> list[str]:
     return sorted(
         {key.split("/")[1] for key in keys if key.startswith(f"{tag}/") and key.split("/")[1] in EXTRA_CONFIGS}
     )
+
+
+def peer_configs(keys, tag: str) -> list[str]:
+    """`extra_configs` that a peer row matches in budget: all but `TEACHER_KD_CONFIGS`."""
+    return [name for name in extra_configs(keys, tag) if name not in TEACHER_KD_CONFIGS]
 
 
 def mean_stderr(cells: dict[str, Any], key: str, tasks: list[str]) -> float | None:

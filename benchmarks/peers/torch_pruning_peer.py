@@ -81,7 +81,7 @@ from tailored_llama import (  # noqa: E402
     c4_budget_text,
     c4_lora,
     config_text,
-    extra_configs,
+    peer_configs,
 )
 
 from tailored_hf.eval import COMMONSENSE_TASKS  # noqa: E402
@@ -586,7 +586,7 @@ def comparison(data: dict[str, Any], ours: dict[str, Any] | None) -> list[str]:
         ours_pruned = scores(our_cells, f"{tag}/pruned")
         ours_ppl = our_cells.get(f"{tag}/pruned", {}).get("wikitext2_ppl")
         lines.append(row("ours, no tune", ours_removed, ours_pruned, ours_ppl))
-        found = extra_configs([*our_cells, *our_params], tag)
+        found = peer_configs([*our_cells, *our_params], tag)
         extras = [name for name in found if name not in C4_BUDGET_CONFIGS]
         budget_extras = [name for name in found if name in C4_BUDGET_CONFIGS]
         for name in extras:
