@@ -1,4 +1,4 @@
-"""The main job: dense eval -> prune -> prompt selection -> K-shot task-specific LoRA recovery -> eval -> report.
+"""The main job: dense eval -> prune -> [dense-teacher KD] -> prompt selection -> K-shot task LoRA -> eval -> report.
 
 `make demo` runs it offline on SmolLM2-135M with the packaged data subset; the CLI (`tailored-hf run RECIPE`) and
 the recipes reuse it.
@@ -12,14 +12,19 @@ Two kinds of methods, one rule:
   `callbacks=[PrunerCallback(method_config)]` to the `SFTTrainer`, exactly as a user script would; the model is
   pruned when training ends, and the report's "pruned, no tune" row is empty.
 
+With `teacher_kd_steps > 0` (methods that prune before training), the pruned model first distils from the dense
+model on general text (`tailored_hf.distillation`), and the report gains a "pruned + dense-teacher KD, no tune" row.
+
 Resuming (`resume=True`): the first run records the pre-training stages (evaluations, selected prompt) and the
 pruning plan under `OUTPUT/trainer/`; a resumed run re-applies that plan to the freshly loaded dense model (no
-re-pruning) and continues from the last Trainer checkpoint (`save_strategy="steps"` makes checkpoints).
+re-pruning), or reloads the distilled model saved under `OUTPUT/trainer/distilled/`, and continues from the last
+Trainer checkpoint (`save_strategy="steps"` makes checkpoints).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import difflib
 import json
 import logging
@@ -43,6 +48,8 @@ LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_
 #: Methods that prune once, before recovery (others prune during training through `PrunerCallback`).
 INIT_TIME_METHODS = ("depgraph", "magnitude")
 STATE_FILENAME = "pipeline_state.json"
+#: Under OUTPUT/trainer: the pruned model after dense-teacher KD, which a resumed run recovers from.
+DISTILLED_DIRNAME = "distilled"
 
 
 @dataclass
@@ -105,6 +112,21 @@ class PipelineConfig:
         default_factory=dict,
         metadata={"help": "Further `trl.SFTConfig` fields (override the pipeline's training defaults)."},
     )
+    teacher_kd_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Steps of distillation from the dense model after pruning, before task recovery: every weight of "
+            "the pruned model trains on the dense model's next-token distribution over `teacher_kd_source` (0: "
+            "none). Only for methods that prune before training."
+        },
+    )
+    teacher_kd_source: str = field(
+        default="c4",
+        metadata={"help": "Text it distills on: a calibration source (c4, book, wikitext2) or a text / JSON file."},
+    )
+    teacher_kd_seq_len: int = field(default=256, metadata={"help": "Tokens per distillation window."})
+    teacher_kd_batch_size: int = field(default=8, metadata={"help": "Distillation windows per step."})
+    teacher_kd_learning_rate: float = field(default=1e-4, metadata={"help": "Distillation learning rate (AdamW)."})
     resume: bool = field(
         default=False,
         metadata={"help": "Continue from the last Trainer checkpoint in OUTPUT/trainer (re-applies the saved plan)."},
@@ -124,6 +146,17 @@ class PipelineConfig:
                 "pipeline's name for per_device_train_batch_size)."
             )
         self.method_config()  # validates method_kwargs early
+        if self.teacher_kd_steps < 0:
+            raise ValueError(f"teacher_kd_steps must be >= 0, got {self.teacher_kd_steps}.")
+        for name in ("teacher_kd_seq_len", "teacher_kd_batch_size", "teacher_kd_learning_rate"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        if self.teacher_kd_steps and not self.prunes_before_training:
+            raise ValueError(
+                f"teacher_kd_steps distills the pruned model before task recovery, but method {self.method!r} prunes "
+                "during recovery: use a method that prunes before training (depgraph, magnitude) or set "
+                "teacher_kd_steps=0."
+            )
         if self.prompt is None and get_task(self.task).kind == "generation":
             raise ValueError(
                 f"Task {self.task!r} is a generation task, so no prompt can be selected by scoring it: set `prompt` "
@@ -348,6 +381,30 @@ def method_calibration(method_config: MethodConfig, tokenizer, cfg: PipelineConf
     )
 
 
+def distill_pruned(model, teacher, tokenizer, cfg: PipelineConfig, output_dir: Path) -> dict[str, Any]:
+    """`cfg.teacher_kd_steps` steps of distillation of the pruned `model` (in place) from `teacher`, the dense model,
+    on packed windows of `cfg.teacher_kd_source`; returns the training stats."""
+    from .data import packed_windows
+    from .distillation import distill_from_teacher
+
+    windows = packed_windows(
+        tokenizer, cfg.teacher_kd_source, seq_len=cfg.teacher_kd_seq_len, seed=cfg.seed, data_dir=cfg.data_dir
+    )
+    _, stats = distill_from_teacher(
+        model,
+        teacher,
+        windows,
+        output_dir,
+        max_steps=cfg.teacher_kd_steps,
+        batch_size=cfg.teacher_kd_batch_size,
+        learning_rate=cfg.teacher_kd_learning_rate,
+        seed=cfg.seed,
+        use_cpu=cfg.training_kwargs.get("use_cpu", True),  # as the recovery run (`training_arguments`)
+    )
+    model.eval()
+    return stats
+
+
 def _last_checkpoint(trainer_dir: Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -399,9 +456,14 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             saved["selection_table"],
         )
         params_dense = saved["params_dense"]
+        distilled, teacher_kd = saved.get("distilled_no_tune"), saved.get("teacher_kd")
         if saved.get("plan") is not None:
             plan = PruningPlan.from_dict(saved["plan"])
             apply_plan(model, plan)
+        if teacher_kd is not None:  # the distilled weights, saved before recovery started
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(trainer_dir / DISTILLED_DIRNAME)
         stages.update(3)
     else:
         stage("dense eval")
@@ -412,14 +474,25 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         stages.update()
 
         stage("prune")
-        pruned = None
+        pruned = distilled = teacher_kd = None
         if cfg.prunes_before_training:
+            teacher = copy.deepcopy(model) if cfg.teacher_kd_steps else None
             t = time.perf_counter()
             plan = prune_model(model, tokenizer, cfg)
             timings["prune"] = time.perf_counter() - t
             t = time.perf_counter()
             pruned = evaluate_model(model, tokenizer, cfg, validation)
             timings["eval_pruned"] = time.perf_counter() - t
+            if teacher is not None:
+                stage("teacher KD")
+                t = time.perf_counter()
+                teacher_kd = distill_pruned(model, teacher, tokenizer, cfg, trainer_dir / "teacher_kd")
+                del teacher
+                timings["teacher_kd"] = time.perf_counter() - t
+                t = time.perf_counter()
+                distilled = evaluate_model(model, tokenizer, cfg, validation)
+                timings["eval_distilled"] = time.perf_counter() - t
+                save_pruned(model, trainer_dir / DISTILLED_DIRNAME, plan=plan)  # what a resumed run recovers from
         stages.update()
 
         stage("prompt selection")
@@ -436,6 +509,8 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         state = {
             "dense": dense,
             "pruned_no_tune": pruned,
+            "distilled_no_tune": distilled,
+            "teacher_kd": teacher_kd,
             "prompt": prompt,
             "selection_table": selection_table,
             "params_dense": params_dense,
@@ -493,21 +568,25 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         "per_layer": plan.per_layer_sizes(),
         "dense": dense,
         "pruned_no_tune": pruned,
+        "distilled_no_tune": distilled,
         "tuned": tuned,
         "tuned_selected_prompt": tuned_same_prompt,
         "recovery_rate": {  # undefined (None) when the dense model scores 0
             "pruned_no_tune": pruned["acc"] / dense["acc"] if pruned and dense["acc"] else None,
+            "distilled_no_tune": distilled["acc"] / dense["acc"] if distilled and dense["acc"] else None,
             "tuned": tuned["acc"] / dense["acc"] if dense["acc"] else None,
         },
         "chance": chance,
         "dense_near_chance": abs(dense["acc"] - chance) <= 0.02,
         "prompt_selection": {"selected": prompt, "table": selection_table},
         "training": {**train_stats, "resumed_from": resume_from},
+        "teacher_kd": teacher_kd,
         "timings_s": timings,
         "perplexity": {
             "wikitext2": {
                 "dense": dense["wikitext2_ppl"],
                 "pruned": pruned["wikitext2_ppl"] if pruned else None,
+                "distilled": distilled["wikitext2_ppl"] if distilled else None,
                 "tuned": tuned["wikitext2_ppl"],
             }
         },
@@ -536,7 +615,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     def recovery(acc: float) -> str:
         return f"{acc / dense_acc:.3f}" if dense_acc else "-"
 
-    for label, key in (("dense", "dense"), ("pruned, no tune", "pruned_no_tune"), ("pruned + task LoRA", "tuned")):
+    rows = [("dense", "dense"), ("pruned, no tune", "pruned_no_tune"), ("pruned + task LoRA", "tuned")]
+    if report.get("distilled_no_tune"):
+        rows.insert(2, ("pruned + dense-teacher KD, no tune", "distilled_no_tune"))
+    for label, key in rows:
         row = report[key]
         if row is None:  # the method pruned during training: there is no pruned-but-untuned model
             lines.append(f"| {label} | - | - | - | - |")
@@ -557,6 +639,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| {r['prompt']} | {r['acc']:.4f} | {r['acc_norm']:.4f} |" for r in report["prompt_selection"]["table"]
         ]
         lines.append("")
+    if report.get("teacher_kd"):
+        kd = report["teacher_kd"]
+        lines += [
+            f"Dense-teacher KD before task recovery: {kd['steps']} steps, {kd['tokens']:,} tokens of "
+            f"`{cfg['teacher_kd_source']}`, loss {kd['train_loss']:.4f}.",
+            "",
+        ]
     lines += ["Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in report["timings_s"].items()), ""]
     return "\n".join(lines)
 

@@ -76,6 +76,48 @@ def test_run_boolq_recipe_offline_and_resume(tiny_base, tmp_path, capsys):
     assert "pipeline_state.json is missing" in capsys.readouterr().err
 
 
+def test_run_with_dense_teacher_kd_and_resume_from_the_distilled_model(tiny_base, tmp_path, capsys):
+    """`teacher_kd_steps`: the pruned model distils from the dense one before task recovery (a report row of its
+    own), and a resumed run recovers from the distilled weights, not from the plan re-applied to the dense model."""
+    import torch
+
+    texts = tmp_path / "texts.json"
+    g = torch.Generator().manual_seed(0)
+    texts.write_text(json.dumps([" ".join(f"w{int(i)}" for i in torch.randint(0, 90, (60,), generator=g))] * 4))
+    out = tmp_path / "out"
+    kd = [f"teacher_kd_source={texts}", "teacher_kd_steps=2", "teacher_kd_seq_len=16", "teacher_kd_batch_size=2"]
+    argv = ["run", str(BOOLQ_20), "--output-dir", str(out), "--quiet", *_set(f"model={tiny_base}", *TINY_OVERRIDES)]
+    assert main([*argv, *_set(*kd)]) == 0
+    assert "| pruned + dense-teacher KD, no tune |" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["teacher_kd"]["steps"] == 2 and report["teacher_kd"]["tokens"] == 2 * 2 * 16
+    assert report["distilled_no_tune"]["n"] == report["pruned_no_tune"]["n"]
+    assert report["recovery_rate"]["distilled_no_tune"] is not None
+    assert "Dense-teacher KD before task recovery: 2 steps" in (out / "report.md").read_text()
+    distilled = AutoModelForCausalLM.from_pretrained(out / "trainer" / "distilled")
+    final = AutoModelForCausalLM.from_pretrained(out / "model")
+    # The task LoRA does not touch the norms: the final model carries the distilled ones.
+    norm = A.final_norm(distilled).weight
+    assert torch.equal(A.final_norm(final).weight, norm)
+
+    assert main([*argv, *_set(*kd), "--resume", "--set", "max_steps=3"]) == 0
+    resumed = json.loads((out / "report.json").read_text())
+    assert resumed["training"]["steps"] == 3 and resumed["teacher_kd"] == report["teacher_kd"]
+    assert resumed["distilled_no_tune"] == report["distilled_no_tune"]
+    assert torch.equal(A.final_norm(AutoModelForCausalLM.from_pretrained(out / "model")).weight, norm)
+    dense_norm = A.final_norm(AutoModelForCausalLM.from_pretrained(tiny_base)).weight
+    assert not torch.equal(norm, dense_norm)  # the distillation trained them
+
+
+def test_teacher_kd_settings_are_checked():
+    with pytest.raises(ValueError, match="prunes during recovery"):
+        PipelineConfig(method="l0", teacher_kd_steps=10)
+    with pytest.raises(ValueError, match="teacher_kd_steps must be >= 0"):
+        PipelineConfig(teacher_kd_steps=-1)
+    with pytest.raises(ValueError, match="teacher_kd_batch_size must be positive"):
+        PipelineConfig(teacher_kd_steps=1, teacher_kd_batch_size=0)
+
+
 def test_cli_errors_exit_2_with_the_fix(capsys):
     assert main(["run", str(BOOLQ_20), *_set("eval_limt=3")]) == 2
     err = capsys.readouterr().err
