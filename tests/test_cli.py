@@ -94,6 +94,10 @@ def test_run_with_dense_teacher_kd_and_resume_from_the_distilled_model(tiny_base
     assert report["distilled_no_tune"]["n"] == report["pruned_no_tune"]["n"]
     assert report["recovery_rate"]["distilled_no_tune"] is not None
     assert "Dense-teacher KD before task recovery: 2 steps" in (out / "report.md").read_text()
+    card = ModelCard.load(out / "model" / "README.md")
+    assert "Dense-teacher distillation after pruning: every weight trained for 2 steps (64 tokens" in card.text
+    assert any(r.metric_name == "acc (pruned + dense-teacher KD, before recovery)" for r in card.data.eval_results)
+    assert "pruned + dense-teacher KD, no task recovery" in card.text
     distilled = AutoModelForCausalLM.from_pretrained(out / "trainer" / "distilled")
     final = AutoModelForCausalLM.from_pretrained(out / "model")
     # The task LoRA does not touch the norms: the final model carries the distilled ones.

@@ -156,6 +156,7 @@ def _eval_results(report: dict[str, Any]) -> list[EvalResult]:
     for key, label in (
         ("tuned", "this model"),
         ("pruned_no_tune", "pruned, before recovery"),
+        ("distilled_no_tune", "pruned + dense-teacher KD, before recovery"),
         ("dense", "dense baseline"),
     ):
         row = report.get(key)
@@ -196,6 +197,7 @@ def _result_rows(report: dict[str, Any]) -> list[dict[str, str]]:
     for key, label in (
         ("dense", "dense baseline"),
         ("pruned_no_tune", "pruned, no recovery"),
+        ("distilled_no_tune", "pruned + dense-teacher KD, no task recovery"),
         ("tuned", "**this model** (pruned + LoRA recovery)"),
     ):
         row = report.get(key)
@@ -293,6 +295,8 @@ def build_card(
             "lora_alpha": cfg.get("lora_alpha"),
             "learning_rate": cfg.get("learning_rate"),
             "steps": (report.get("training") or {}).get("steps"),
+            "teacher_kd": report.get("teacher_kd"),
+            "teacher_kd_source": cfg.get("teacher_kd_source"),
         }
     non_default = (report or {}).get("method_non_default")
     if non_default is None and report is not None:
