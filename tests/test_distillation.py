@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from tailored_hf import DepGraphConfig, prune
+from tailored_hf import DepGraphConfig, PruningPlan, apply_plan, prune
 from tailored_hf.distillation import (
     TeacherDistillationTrainer,
     chunked_logit_distillation,
@@ -28,10 +28,19 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
-def pruned_student(teacher: torch.nn.Module) -> torch.nn.Module:
-    """A physically pruned copy of `teacher` (30% of the parameters removed by weight magnitude, no data)."""
-    student, _ = prune(copy.deepcopy(teacher), DepGraphConfig(target_sparsity=0.3, importance="l2"), progress=False)
-    return student
+def pruned_student(teacher: torch.nn.Module, heterogeneous: bool = False) -> torch.nn.Module:
+    """A physically pruned copy of `teacher`: 30% of the parameters removed by weight magnitude (no data), or
+    per-layer head and FFN sizes of their own (`heterogeneous`)."""
+    student = copy.deepcopy(teacher)
+    if not heterogeneous:
+        return prune(student, DepGraphConfig(target_sparsity=0.3, importance="l2"), progress=False)[0]
+    ffn = teacher.config.intermediate_size
+    plan = PruningPlan.from_masks(
+        student,
+        heads={0: torch.tensor([1, 1, 0, 1, 1, 0]), 1: torch.tensor([1, 0, 0, 1, 0, 0])},
+        ffn={0: (torch.arange(ffn) < 30).float(), 2: (torch.arange(ffn) % 2 == 0).float()},
+    )
+    return apply_plan(student, plan) or student
 
 
 def direct_kl(student, teacher, input_ids, selected=None, temperature: float = 1.0) -> torch.Tensor:
@@ -59,12 +68,13 @@ def test_chunked_kl_with_a_separate_teacher_head_matches_direct_value_and_gradie
     assert wt.grad is None
 
 
-@pytest.mark.parametrize("tied", [False, True])
-def test_trainer_loss_is_the_kl_of_the_full_logits(tmp_path, tied):
+@pytest.mark.parametrize("tied, heterogeneous", [(False, False), (True, False), (False, True)])
+def test_trainer_loss_is_the_kl_of_the_full_logits(tmp_path, tied, heterogeneous):
     """The loss from final hidden states (chunked, `logits_to_keep=1`) equals the KL of both models' full logits,
-    for a pruned student and its dense teacher, over every position of an unlabelled batch."""
+    for a pruned student (uniform or with per-layer sizes) and its dense teacher, over every position of an
+    unlabelled batch."""
     teacher = make_tiny_model(tied=tied)
-    student = pruned_student(teacher)
+    student = pruned_student(teacher, heterogeneous)
     trainer = TeacherDistillationTrainer(
         model=student, args=training_args(tmp_path), teacher_model=teacher, temperature=2.0, chunk_tokens=5
     )

@@ -62,11 +62,9 @@ class TeacherDistillationTrainer(Trainer):
         """The KL of the selected tokens, from both models' final hidden states (`logits_to_keep=1`: no full
         logits from the forwards themselves)."""
         forward = {key: inputs[key] for key in FORWARD_KEYS if inputs.get(key) is not None}
-        options = {"output_hidden_states": True, "use_cache": False, "logits_to_keep": 1}
-        student_out = model(**forward, **options)
+        student_out, student_hidden = final_hidden_states(model, forward)
         with torch.no_grad():
-            teacher_hidden = self.teacher_model(**forward, **options).hidden_states[-1]
-        student_hidden = student_out.hidden_states[-1]
+            _, teacher_hidden = final_hidden_states(self.teacher_model, forward)
         selected = token_selection(inputs, student_hidden.shape[:2], student_hidden.device)
         loss = self.distillation_loss(model, student_hidden[selected], teacher_hidden[selected])
         return (loss, student_out) if return_outputs else loss
@@ -80,6 +78,18 @@ class TeacherDistillationTrainer(Trainer):
                 student, teacher, head.weight, self.temperature, self.chunk_tokens, teacher_weight=teacher_head.weight
             )
         return logit_distillation(head(student), teacher_head(teacher), self.temperature)  # e.g. a LoRA-wrapped head
+
+
+def final_hidden_states(model: nn.Module, forward: dict[str, Any]) -> tuple[Any, torch.Tensor]:
+    """`model(**forward)` with `logits_to_keep=1`, and the output of its final norm (`[batch, seq, hidden]`), caught
+    by a hook: the LM head's input at every position, whatever modules a pruned model's layers are."""
+    caught: list[torch.Tensor] = []
+    handle = A.final_norm(model).register_forward_hook(lambda module, args, output: caught.append(output))
+    try:
+        output = model(**forward, use_cache=False, logits_to_keep=1)
+    finally:
+        handle.remove()
+    return output, caught[-1]
 
 
 def distill_from_teacher(
