@@ -265,8 +265,22 @@ def _set_family_classes(lm: nn.Module, family, tailored: bool) -> None:
     decoder = A.decoder(lm)
     if type(lm) in (family.stock_causal_lm, family.causal_lm):
         lm.__class__ = family.causal_lm if tailored else family.stock_causal_lm
+        _register_output_capture(lm)
     if type(decoder) in (family.stock_model, family.model):
         decoder.__class__ = family.model if tailored else family.stock_model
+        _register_output_capture(decoder)
+
+
+def _register_output_capture(module: nn.Module) -> None:
+    """Registers `module`'s (new) class for transformers' output capture, as `PreTrainedModel.__init__` does for a
+    built model: without it, a model whose class was swapped here returns `hidden_states=None` for
+    `output_hidden_states=True` (and no attentions) until a model of that class is built in the process."""
+    try:
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+    except ImportError:  # a transformers without the registry records outputs without it
+        return
+    if not _CAN_RECORD_REGISTRY.get(module):
+        _CAN_RECORD_REGISTRY[module] = getattr(module, "_can_record_outputs", None)
 
 
 def _swap_config(lm: nn.Module, new_config) -> None:
