@@ -172,22 +172,26 @@ def test_heterogeneous_round_trip(tmp_path, tiny_model):
     torch.testing.assert_close(logits(reloaded, ids), expected, atol=0, rtol=0)
 
 
-def test_class_swapped_in_place_still_returns_hidden_states(monkeypatch):
+def test_class_swapped_in_place_still_returns_hidden_states():
     """transformers records `output_hidden_states` per model class, registered when a model is built: a model whose
     class `apply_plan` swapped in place (the first tailored model of the process) must return them all the same."""
     from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
 
-    model = make_tiny_model()
-    ids = input_batch()
     from tailored_hf.modeling.tailored import TailoredLlamaForCausalLM, TailoredLlamaModel
 
-    for cls in (TailoredLlamaModel, TailoredLlamaForCausalLM):
-        monkeypatch.delitem(_CAN_RECORD_REGISTRY, str(cls), raising=False)  # as in a fresh process
-    apply_plan(model, random_plan(model, seed=5, hidden=False))
-    assert type(model).__name__ == "TailoredLlamaForCausalLM"
-    with torch.no_grad():
-        output = model(input_ids=ids, output_hidden_states=True)
-        final = model.model(input_ids=ids).last_hidden_state
+    model = make_tiny_model()
+    ids = input_batch()
+    keys = [str(cls) for cls in (TailoredLlamaModel, TailoredLlamaForCausalLM)]
+    # As in a fresh process: no tailored class registered yet (string keys; the registry's own `get` takes a model).
+    saved = {key: dict.pop(_CAN_RECORD_REGISTRY, key) for key in keys if key in _CAN_RECORD_REGISTRY}
+    try:
+        apply_plan(model, random_plan(model, seed=5, hidden=False))
+        assert type(model).__name__ == "TailoredLlamaForCausalLM"
+        with torch.no_grad():
+            output = model(input_ids=ids, output_hidden_states=True)
+            final = model.model(input_ids=ids).last_hidden_state
+    finally:
+        dict.update(_CAN_RECORD_REGISTRY, saved)
     assert output.hidden_states is not None and len(output.hidden_states) == model.config.num_hidden_layers + 1
     torch.testing.assert_close(output.hidden_states[-1], final, atol=0, rtol=0)
 
