@@ -39,6 +39,7 @@ from tailored_llama import (
     extra_configs,
     mean_stderr,
     peer_configs,
+    teacher_kd_text,
 )
 from training_overhead import memory_key
 
@@ -601,7 +602,8 @@ def moonshot_section(
     ceiling = [task_scores(cells, f"dense+task/{t}", [t])[0] for t in tasks]
     lines += [
         f"Measured end to end on the 7 tasks: each pruning step of `benchmarks/tailored_llama.py` (the dependency-group "
-        f"pass in two configurations, and + the C4 LoRA the L0 masks train with; NutePrune's L0 masks) + task-specific LoRA (K={s['k']}) "
+        f"pass in two configurations, and + the C4 LoRA the L0 masks train with; NutePrune's L0 masks; those masks + "
+        f"{teacher_kd_text()}) + task-specific LoRA (K={s['k']}) "
         f"(`benchmarks/results/tailored_llama.md`; first {s['limit']} validation items per task, BoolQ "
         f"{s['boolq_limit']}). Targets: >= 95% of the dense mean at 20% removed, >= 85% at 50% (the Tailored-LLaMA "
         "paper's headline on a 7B model).",

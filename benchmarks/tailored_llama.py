@@ -11,7 +11,8 @@ Recovery follows the paper: LoRA r=8 on all projections, lr 1e-4, 3 epochs, Adam
 format (the same format is scored); generic tuning uses the Alpaca template on 7*K Alpaca rows (the same number of
 examples as the seven task adapters together). Beside the paper's pass, the pruning steps of `EXTRA_CONFIGS` (our
 pass with hidden channels pruned too; NutePrune's L0 masks, trained with their LoRA on C4; our pass + the same C4
-LoRA, the control for the masks) run without task tuning and with the task adapters, at every ratio. Cells are cached
+LoRA, the control for the masks; the L0 model distilled from the dense model on C4, `TEACHER_KD`, compared with
+dense only) run without task tuning and with the task adapters, at every ratio. Cells are cached
 in the JSON so an interrupted run resumes.
 
     .venv/bin/python benchmarks/tailored_llama.py                      # full report (~3 h on 2 quiet cores; resumes)
@@ -575,6 +576,19 @@ def teacher_kd(model: torch.nn.Module, dense: torch.nn.Module, tokenizer, args: 
         "Dense-teacher KD: %d steps, %d tokens in %.0fs", stats["steps"], stats["tokens"], stats["train_seconds"]
     )
     return trained.eval()
+
+
+def teacher_kd_text() -> str:
+    """The dense-teacher distillation of `TEACHER_KD_CONFIGS`, in words."""
+    steps = {EXTRA_CONFIGS[name]["teacher_kd_steps"] for name in TEACHER_KD_CONFIGS}
+    kd = TEACHER_KD
+    tokens = ", ".join(f"{n * kd['batch_size'] * kd['seq_len']:,}" for n in sorted(steps))
+    return (
+        f"distillation from the dense model (`tailored_hf.distillation`: every weight, {'/'.join(map(str, sorted(steps)))} "
+        f"steps x {kd['batch_size']} packed C4 windows of {kd['seq_len']} tokens, {tokens} tokens, lr "
+        f"{kd['learning_rate']:g}, T={kd['temperature']:g}; the dense model distilled from itself is itself, so the "
+        "same-tune control is dense + task LoRA)"
+    )
 
 
 def config_at(overrides: dict[str, Any], ratio: float) -> dict[str, Any]:
