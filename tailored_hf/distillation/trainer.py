@@ -1,9 +1,9 @@
 """Recovery by distillation from the dense model: a `transformers.Trainer` whose loss is the teacher's KL.
 
 After physical pruning, the smaller model (the student, every weight or its LoRA adapters trainable) learns to match
-the dense model's next-token distribution on general text, as Minitron and Sheared-LLaMA recover pruned models (at a
-budget of billions of tokens there; a few hundred thousand suffice to move a 135M model here). The teacher is a
-second, frozen model in memory; its logits are never held whole when both LM heads are plain bias-free linears
+the dense model's next-token distribution on general text, as Minitron and Sheared-LLaMA recover pruned models (on
+billions of tokens; `benchmarks/tailored_llama.py` measures what a CPU budget buys). The teacher is a second, frozen
+model in memory; its logits are never held whole when both LM heads are plain bias-free linears
 (`chunked_logit_distillation`).
 """
 
