@@ -69,13 +69,16 @@ EXTRA_CONFIGS: dict[str, dict[str, Any]] = {
     "iterative_c4": {"global_ranking": True, "iterative_steps": 5, "generic_lora": "c4"},
     "l0": {"method": "nuteprune", "distillation": "none"},
     "l0_teacher_kd": {"method": "nuteprune", "distillation": "none", "teacher_kd_steps": 200},
+    "l0_task_kd": {"method": "nuteprune", "distillation": "none", "teacher_kd_steps": 200, "teacher_kd_text": "tasks"},
 }
 #: "l0_teacher_kd": the "l0" model, then distilled from the dense model (`tailored_hf.distillation`): every weight
 #: trained to match the dense model's next-token distribution on packed C4 windows, at these settings (200 steps of
 #: 8 x 256 tokens, 409,600 tokens, 6.4x the C4 LoRA's). No peer row has this budget, so it is compared with no peer,
-#: only with dense in the moonshot.
+#: only with dense in the moonshot. "l0_task_kd": the same distillation on the 7 tasks' train text instead of C4,
+#: without labels (`tailored_hf.data.label_free_texts`: every choice of a row, scored format), an equal share of the
+#: tokens per task (`task_kd_texts`): task-specific recovery from the teacher, beside the K labelled shots.
 TEACHER_KD = {"batch_size": 8, "seq_len": 256, "learning_rate": 1e-4, "temperature": 1.0}
-TEACHER_KD_CONFIGS = ("l0_teacher_kd",)
+TEACHER_KD_CONFIGS = ("l0_teacher_kd", "l0_task_kd")
 #: `L0Config.sparsity_constraint` of the NutePrune configurations per ratio where it is not NutePrune's default
 #: ("equality"): chosen on held-out C4 perplexity by `benchmarks/l0_controller.py` at `NUTEPRUNE_ARGS`, no task scored
 #: in the choice. At 20% the default's expected sparsity overshoots to 29.7% during training (held-out C4 ppl 128.6)
@@ -92,6 +95,7 @@ EXTRA_LABELS = {
     "iterative_c4": "global ranking, 5 iterative rounds, + the L0 row's C4 LoRA, merged",
     "l0": "NutePrune L0 masks, no KD, their C4 LoRA merged",
     "l0_teacher_kd": "NutePrune L0 masks, their C4 LoRA merged, + dense-teacher KD on C4",
+    "l0_task_kd": "NutePrune L0 masks, their C4 LoRA merged, + dense-teacher KD on the tasks' train text (no labels)",
 }
 #: `benchmarks/nuteprune.py`'s committed CPU-scale quality setting (64,000 C4 tokens in 500 steps).
 NUTEPRUNE_ARGS = ["--steps", "500", "--batch-size", "1", "--seq-len", "128", "--device", "cpu"]
@@ -245,11 +249,14 @@ class Bench:
         this many steps of dense-teacher distillation at `TEACHER_KD`)."""
         c4_steps, kd_steps = overrides.get("c4_steps"), overrides.get("teacher_kd_steps")
         if kd_steps:
-            rest = {k: v for k, v in overrides.items() if k != "teacher_kd_steps"}
+            text = overrides.get("teacher_kd_text", "c4")
+            rest = {k: v for k, v in overrides.items() if k not in ("teacher_kd_steps", "teacher_kd_text")}
             name = "".join(f"-{k}={v}" for k, v in sorted(config_at(rest, ratio).items()))
             return self.cached_model(
-                f"teacherkd{kd_steps}{name}-{ratio}-seed{self.args.seed}",
-                lambda: teacher_kd(self.pruned(ratio, **rest)[0], self.model, self.tokenizer, self.args, kd_steps),
+                f"teacherkd{kd_steps}{'' if text == 'c4' else '-' + text}{name}-{ratio}-seed{self.args.seed}",
+                lambda: teacher_kd(
+                    self.pruned(ratio, **rest)[0], self.model, self.tokenizer, self.args, kd_steps, text
+                ),
             )
         if overrides.get("method") == "nuteprune":
             constraint = config_at(overrides, ratio).get("sparsity_constraint", L0_DEFAULT_CONSTRAINT)
@@ -554,14 +561,27 @@ def c4_lora(
     return merged
 
 
-def teacher_kd(model: torch.nn.Module, dense: torch.nn.Module, tokenizer, args: argparse.Namespace, steps: int):
+def teacher_kd(
+    model: torch.nn.Module,
+    dense: torch.nn.Module,
+    tokenizer,
+    args: argparse.Namespace,
+    steps: int,
+    text: str = "c4",
+):
     """`model` (already pruned) after `steps` steps of distillation from a copy of `dense` at `TEACHER_KD` (every
-    weight trained; packed C4 windows in a seeded document order)."""
+    weight trained; packed windows of C4, or of the tasks' label-free train text with `text="tasks"`, in a seeded
+    document order)."""
     from tailored_hf.data import packed_windows
     from tailored_hf.distillation import distill_from_teacher
 
     settings = dict(TEACHER_KD)
-    windows = packed_windows(tokenizer, "c4", seq_len=settings.pop("seq_len"), seed=args.seed, data_dir=args.data_dir)
+    seq_len = settings.pop("seq_len")
+    if text == "tasks":
+        texts = task_kd_texts(tokenizer, args, steps * settings["batch_size"] * seq_len)
+        windows = packed_windows(tokenizer, texts=texts, seq_len=seq_len, seed=args.seed)
+    else:
+        windows = packed_windows(tokenizer, text, seq_len=seq_len, seed=args.seed, data_dir=args.data_dir)
     trained, stats = distill_from_teacher(
         model,
         copy.deepcopy(dense),  # frozen by the trainer: the dense model itself stays trainable for the other cells
@@ -578,6 +598,25 @@ def teacher_kd(model: torch.nn.Module, dense: torch.nn.Module, tokenizer, args: 
     return trained.eval()
 
 
+def task_kd_texts(tokenizer, args: argparse.Namespace, tokens: int) -> list[str]:
+    """Label-free text from the train splits of the 7 tasks, about `tokens` in all, an equal share per task: each
+    task's rows in a seeded order, every choice of a row (`label_free_texts`), until its share is reached."""
+    from tailored_hf.data import label_free_texts, load_task_split
+
+    share, texts = tokens // len(COMMONSENSE_TASKS), []
+    for task in COMMONSENSE_TASKS:
+        rows = load_task_split(task, "train", data_dir=args.data_dir).shuffle(seed=args.seed)
+        count, start = 0, 0
+        while count < share and start < len(rows):
+            batch = label_free_texts(rows.select(range(start, min(start + 32, len(rows)))), task)
+            for item in batch:
+                count += len(tokenizer(item, add_special_tokens=False)["input_ids"]) + 1  # + the EOS separator
+            texts += batch
+            start += 32
+        logger.info("Task KD text: %s, %d rows, %d tokens", task, min(start, len(rows)), count)
+    return texts
+
+
 def teacher_kd_text() -> str:
     """The dense-teacher distillation of `TEACHER_KD_CONFIGS`, in words."""
     steps = {EXTRA_CONFIGS[name]["teacher_kd_steps"] for name in TEACHER_KD_CONFIGS}
@@ -585,7 +624,8 @@ def teacher_kd_text() -> str:
     tokens = ", ".join(f"{n * kd['batch_size'] * kd['seq_len']:,}" for n in sorted(steps))
     return (
         f"distillation from the dense model (`tailored_hf.distillation`: every weight, {'/'.join(map(str, sorted(steps)))} "
-        f"steps x {kd['batch_size']} packed C4 windows of {kd['seq_len']} tokens, {tokens} tokens, lr "
+        f"steps x {kd['batch_size']} packed windows of {kd['seq_len']} tokens, {tokens} tokens, of C4 or of the 7 "
+        "tasks' train text without labels (every choice of a row, an equal share per task), lr "
         f"{kd['learning_rate']:g}, T={kd['temperature']:g}; the dense model distilled from itself is itself, so the "
         "same-tune control is dense + task LoRA)"
     )

@@ -122,7 +122,10 @@ class PipelineConfig:
     )
     teacher_kd_source: str = field(
         default="c4",
-        metadata={"help": "Text it distills on: a calibration source (c4, book, wikitext2) or a text / JSON file."},
+        metadata={
+            "help": "Text it distills on: `task` (the task's train rows outside the dev slice, every choice, no "
+            "labels), a calibration source (c4, book, wikitext2) or a text / JSON file."
+        },
     )
     teacher_kd_seq_len: int = field(default=256, metadata={"help": "Tokens per distillation window."})
     teacher_kd_batch_size: int = field(default=8, metadata={"help": "Distillation windows per step."})
@@ -381,15 +384,20 @@ def method_calibration(method_config: MethodConfig, tokenizer, cfg: PipelineConf
     )
 
 
-def distill_pruned(model, teacher, tokenizer, cfg: PipelineConfig, output_dir: Path) -> dict[str, Any]:
+def distill_pruned(model, teacher, tokenizer, cfg: PipelineConfig, pool, output_dir: Path) -> dict[str, Any]:
     """`cfg.teacher_kd_steps` steps of distillation of the pruned `model` (in place) from `teacher`, the dense model,
-    on packed windows of `cfg.teacher_kd_source`; returns the training stats."""
-    from .data import packed_windows
+    on packed windows of `cfg.teacher_kd_source` (`"task"`: the label-free text of `pool`, the train rows outside the
+    dev slice); returns the training stats."""
+    from .data import label_free_texts, packed_windows
     from .distillation import distill_from_teacher
 
-    windows = packed_windows(
-        tokenizer, cfg.teacher_kd_source, seq_len=cfg.teacher_kd_seq_len, seed=cfg.seed, data_dir=cfg.data_dir
-    )
+    if cfg.teacher_kd_source == "task":
+        texts = label_free_texts(pool, cfg.task, tokenizer=tokenizer)
+        windows = packed_windows(tokenizer, texts=texts, seq_len=cfg.teacher_kd_seq_len, seed=cfg.seed)
+    else:
+        windows = packed_windows(
+            tokenizer, cfg.teacher_kd_source, seq_len=cfg.teacher_kd_seq_len, seed=cfg.seed, data_dir=cfg.data_dir
+        )
     _, stats = distill_from_teacher(
         model,
         teacher,
@@ -486,7 +494,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             if teacher is not None:
                 stage("teacher KD")
                 t = time.perf_counter()
-                teacher_kd = distill_pruned(model, teacher, tokenizer, cfg, trainer_dir / "teacher_kd")
+                teacher_kd = distill_pruned(model, teacher, tokenizer, cfg, pool, trainer_dir / "teacher_kd")
                 del teacher
                 timings["teacher_kd"] = time.perf_counter() - t
                 t = time.perf_counter()

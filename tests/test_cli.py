@@ -113,6 +113,16 @@ def test_run_with_dense_teacher_kd_and_resume_from_the_distilled_model(tiny_base
     assert not torch.equal(norm, dense_norm)  # the distillation trained them
 
 
+def test_teacher_kd_on_the_tasks_label_free_train_text(tiny_base, tmp_path):
+    """`teacher_kd_source: task`: the windows are the task's train rows outside the dev slice, every choice."""
+    out = tmp_path / "out"
+    overrides = [f"model={tiny_base}", *TINY_OVERRIDES, "teacher_kd_steps=1", "teacher_kd_source=task"]
+    overrides += ["teacher_kd_seq_len=32", "teacher_kd_batch_size=2", "save_strategy=no"]
+    assert main(["run", str(BOOLQ_20), "--output-dir", str(out), "--quiet", *_set(*overrides)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["teacher_kd"]["tokens"] == 2 * 32 and report["config"]["teacher_kd_source"] == "task"
+
+
 def test_teacher_kd_settings_are_checked():
     with pytest.raises(ValueError, match="prunes during recovery"):
         PipelineConfig(method="l0", teacher_kd_steps=10)

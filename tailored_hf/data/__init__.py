@@ -11,6 +11,7 @@ from .calibration import (
 from .kshot import DEFAULT_RECOVERY_K, allocate_stratified, sample_k_shots
 from .mappers import (
     IGNORE_INDEX,
+    label_free_texts,
     map_for_scoring,
     map_for_training,
     to_prompt_completion,
@@ -46,6 +47,7 @@ __all__ = [
     "DEFAULT_CALIBRATION_SEQ_LEN",
     "DEFAULT_RECOVERY_K",
     "IGNORE_INDEX",
+    "label_free_texts",
     "PACKAGED_DATA_DIR",
     "TASKS",
     "TASK_ALIASES",

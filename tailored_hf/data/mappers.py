@@ -107,6 +107,31 @@ def map_for_scoring(
     )
 
 
+def label_free_texts(
+    dataset: datasets.Dataset, task: str | TaskSpec, prompt: str = LM_EVAL_PROMPT, tokenizer: Any = None
+) -> list[str]:
+    """
+    In-domain text without labels: `context + continuation` of every choice of every row, in the scoring form of
+    `prompt`. Which choice is right is never used, so a teacher's distribution over these texts (distillation) can
+    take every row of a train split, not only the K labelled shots.
+
+    Args:
+        dataset (`datasets.Dataset`): Rows of `task` (e.g. its train split).
+        task (`str` or [`TaskSpec`]): Task name or spec.
+        prompt (`str`, defaults to `"lm_eval"`): Prompt variant name (the format that is scored).
+        tokenizer (*optional*): Needed by the `chat` variant.
+
+    Returns:
+        `list[str]`: one text per (row, choice), rows in order.
+    """
+    spec = get_task(task)
+    texts = []
+    for example in dataset:
+        formatted = format_example(example, spec, prompt, tokenizer=tokenizer)
+        texts += [context + continuation for context, continuation in zip(formatted.contexts, formatted.continuations)]
+    return texts
+
+
 def map_for_training(
     dataset: datasets.Dataset,
     task: str | TaskSpec,

@@ -320,3 +320,15 @@ def test_tokenize_prompt_completion_masks_prompt(tokenizer):
     n_prompt = len(tokenizer("Question: why?\nAnswer:")["input_ids"])
     assert out["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
     assert out["labels"][n_prompt:] == out["input_ids"][n_prompt:]
+
+
+def test_label_free_texts_are_every_choice_without_the_gold(data_dir):
+    """Every (context + continuation) of every row in the scoring form; the gold index is never used."""
+    from tailored_hf.data import label_free_texts, load_task_split, map_for_scoring
+
+    for task in ("piqa", "winogrande", "hellaswag"):
+        rows = load_task_split(task, "train", data_dir=data_dir).select(range(3))
+        scoring = map_for_scoring(rows, task)
+        expected = [c + x for item in scoring for c, x in zip(item["contexts"], item["continuations"])]
+        assert label_free_texts(rows, task) == expected
+        assert len(expected) == sum(len(item["continuations"]) for item in scoring)
