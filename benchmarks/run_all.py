@@ -35,6 +35,7 @@ from tailored_llama import (
     EXTRA_LABELS,
     L0_SPARSITY_CONSTRAINTS,
     NEAR_CHANCE,
+    TASK_SPECIFIC_NO_TUNE,
     c4_budget_text,
     extra_configs,
     mean_stderr,
@@ -627,13 +628,14 @@ def moonshot_section(
     # label prior (BoolQ here), which flatters the share; the verdict also reads the share without them.
     informative = [i for i, t in enumerate(tasks) if dense[i] is not None and dense[i] - CHANCE[t] > NEAR_CHANCE]
     for tag, target in MOONSHOT.items():
-        configs = [(tag, f"{tag} pruned + task LoRA")]
-        configs += [
-            (f"{tag}/{name}", f"{tag} pruned ({EXTRA_LABELS.get(name, name)}) + task LoRA")
-            for name in extra_configs(cells, tag)
-        ]
-        for prefix, label in configs:
-            tuned = per_task_tuned(cells, prefix, tasks)
+        configs = [(f"{tag} pruned + task LoRA", per_task_tuned(cells, tag, tasks))]
+        for name in extra_configs(cells, tag):
+            label, prefix = EXTRA_LABELS.get(name, name), f"{tag}/{name}"
+            if name in TASK_SPECIFIC_NO_TUNE:  # already recovered on the tasks: one model for all 7, judged too
+                untuned = task_scores(cells, f"{prefix}/pruned", tasks)
+                configs.append((f"{tag} pruned ({label}), no task LoRA: one model for the 7 tasks", untuned))
+            configs.append((f"{tag} pruned ({label}) + task LoRA", per_task_tuned(cells, prefix, tasks)))
+        for label, tuned in configs:
             share = mean(tuned) / mean(dense) if mean(tuned) is not None and mean(dense) else None
             status = verdict(share, target, lower_is_better=False)
             if share is not None and len(informative) < len(tasks):

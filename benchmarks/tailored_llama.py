@@ -79,6 +79,9 @@ EXTRA_CONFIGS: dict[str, dict[str, Any]] = {
 #: tokens per task (`task_kd_texts`): task-specific recovery from the teacher, beside the K labelled shots.
 TEACHER_KD = {"batch_size": 8, "seq_len": 256, "learning_rate": 1e-4, "temperature": 1.0}
 TEACHER_KD_CONFIGS = ("l0_teacher_kd", "l0_task_kd")
+#: Configurations whose "no tune" model already had task-specific recovery (distillation on the tasks' train text):
+#: the moonshot judges that one model for all 7 tasks too, beside it + the per-task LoRA.
+TASK_SPECIFIC_NO_TUNE = ("l0_task_kd",)
 #: `L0Config.sparsity_constraint` of the NutePrune configurations per ratio where it is not NutePrune's default
 #: ("equality"): chosen on held-out C4 perplexity by `benchmarks/l0_controller.py` at `NUTEPRUNE_ARGS`, no task scored
 #: in the choice. At 20% the default's expected sparsity overshoots to 29.7% during training (held-out C4 ppl 128.6)
