@@ -13,7 +13,8 @@ Two kinds of methods, one rule:
   pruned when training ends, and the report's "pruned, no tune" row is empty.
 
 With `teacher_kd_steps > 0` (methods that prune before training), the pruned model first distils from the dense
-model on general text (`tailored_hf.distillation`), and the report gains a "pruned + dense-teacher KD, no tune" row.
+model on general text or on the task's train rows without labels (`tailored_hf.distillation`), and the report gains a
+"pruned + dense-teacher KD, no tune" row.
 
 Resuming (`resume=True`): the first run records the pre-training stages (evaluations, selected prompt) and the
 pruning plan under `OUTPUT/trainer/`; a resumed run re-applies that plan to the freshly loaded dense model (no
