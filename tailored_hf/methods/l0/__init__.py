@@ -13,19 +13,13 @@ Pieces: `HardConcrete` (the gate distribution), `L0Masks` + `expected_parameters
 and the progressive schedule), `select_plan` (deterministic final masks) and `L0Pruner` (the Trainer-facing method).
 """
 
+from ...distillation.losses import chunked_logit_distillation, logit_distillation, token_selection
 from .config import L0Config, NutePruneConfig
 from .hard_concrete import HardConcrete
 from .masks import L0Masks, MaskValues, expected_parameters, max_feasible_sparsity, minimal_plan
 from .pruner import L0Pruner, MaskDivergenceError
 from .selection import fit_gqa, select_plan
-from .teachers import (
-    Snapshot,
-    TeacherBank,
-    chunked_logit_distillation,
-    layer_distillation,
-    logit_distillation,
-    token_selection,
-)
+from .teachers import Snapshot, TeacherBank, layer_distillation
 
 __all__ = [
     "HardConcrete",

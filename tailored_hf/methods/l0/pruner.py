@@ -35,6 +35,7 @@ from torch import nn
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ... import arch as A
+from ...distillation.losses import chunked_logit_distillation, logit_distillation, token_selection
 from ...distributed import all_reduce_mean_grads_
 from ...peft_wrappers import add_loss_term, swapped_parameters, token_share, trainable_parameters
 from ...structure import ModelGeometry, RuntimeMasks, apply_plan
@@ -42,13 +43,7 @@ from ..base import PruningMethod, register_method
 from .config import L0Config
 from .masks import L0Masks, MaskValues, max_feasible_sparsity
 from .selection import select_plan
-from .teachers import (
-    TeacherBank,
-    chunked_logit_distillation,
-    layer_distillation,
-    logit_distillation,
-    token_selection,
-)
+from .teachers import TeacherBank, layer_distillation
 
 logger = logging.getLogger(__name__)
 

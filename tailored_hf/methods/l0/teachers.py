@@ -1,4 +1,4 @@
-"""Progressive numerous teachers (NutePrune Sec. 3.2) without a second model in memory, and the distillation losses.
+"""Progressive numerous teachers (NutePrune Sec. 3.2) without a second model in memory, and the layer loss.
 
 A teacher is a *snapshot*: the mask `log_alpha` and the trainable (LoRA) weights at some moment of training, kept on
 the CPU. For the teacher forward the snapshot's weights are copied into the one loaded model and its deterministic
@@ -23,11 +23,6 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ...distillation.losses import (  # noqa: F401  (the logit losses, shared with dense-teacher distillation)
-    chunked_logit_distillation,
-    logit_distillation,
-    token_selection,
-)
 from .config import LAYER_LOSS_NORMALIZATIONS, L0Config
 from .hard_concrete import HardConcrete
 from .masks import MaskValues
@@ -203,7 +198,7 @@ def _cpu_copy(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: t.detach().to("cpu", copy=True).contiguous() for name, t in tensors.items()}
 
 
-# ---------------------------------------------------------------------- losses
+# ------------------------------------------------ layer losses (the logit ones: `tailored_hf.distillation`)
 def layer_distillation(
     student: tuple[torch.Tensor, ...],
     teacher: tuple[torch.Tensor, ...],
