@@ -11,8 +11,8 @@ Recovery follows the paper: LoRA r=8 on all projections, lr 1e-4, 3 epochs, Adam
 format (the same format is scored); generic tuning uses the Alpaca template on 7*K Alpaca rows (the same number of
 examples as the seven task adapters together). Beside the paper's pass, the pruning steps of `EXTRA_CONFIGS` (our
 pass with hidden channels pruned too; NutePrune's L0 masks, trained with their LoRA on C4; our pass + the same C4
-LoRA, the control for the masks; the L0 model distilled from the dense model on C4, `TEACHER_KD`, compared with
-dense only) run without task tuning and with the task adapters, at every ratio. Cells are cached
+LoRA, the control for the masks; the L0 model distilled from the dense model on C4 or on the tasks' label-free
+train text, `TEACHER_KD`, compared with dense only) run without task tuning and with the task adapters, at every ratio. Cells are cached
 in the JSON so an interrupted run resumes.
 
     .venv/bin/python benchmarks/tailored_llama.py                      # full report (~3 h on 2 quiet cores; resumes)
@@ -82,6 +82,8 @@ TEACHER_KD_CONFIGS = ("l0_teacher_kd", "l0_task_kd")
 #: Configurations whose "no tune" model already had task-specific recovery (distillation on the tasks' train text):
 #: the moonshot judges that one model for all 7 tasks too, beside it + the per-task LoRA.
 TASK_SPECIFIC_NO_TUNE = ("l0_task_kd",)
+#: The configurations a peer row matches in budget (compared with Torch-Pruning): all but `TEACHER_KD_CONFIGS`.
+PEER_CONFIGS = tuple(name for name in EXTRA_CONFIGS if name not in TEACHER_KD_CONFIGS)
 #: `L0Config.sparsity_constraint` of the NutePrune configurations per ratio where it is not NutePrune's default
 #: ("equality"): chosen on held-out C4 perplexity by `benchmarks/l0_controller.py` at `NUTEPRUNE_ARGS`, no task scored
 #: in the choice. At 20% the default's expected sparsity overshoots to 29.7% during training (held-out C4 ppl 128.6)
@@ -622,11 +624,11 @@ def task_kd_texts(tokenizer, args: argparse.Namespace, tokens: int) -> list[str]
 
 def teacher_kd_text() -> str:
     """The dense-teacher distillation of `TEACHER_KD_CONFIGS`, in words."""
-    steps = {EXTRA_CONFIGS[name]["teacher_kd_steps"] for name in TEACHER_KD_CONFIGS}
+    steps = sorted({EXTRA_CONFIGS[name]["teacher_kd_steps"] for name in TEACHER_KD_CONFIGS})
     kd = TEACHER_KD
-    tokens = ", ".join(f"{n * kd['batch_size'] * kd['seq_len']:,}" for n in sorted(steps))
+    tokens = ", ".join(f"{n * kd['batch_size'] * kd['seq_len']:,}" for n in steps)
     return (
-        f"distillation from the dense model (`tailored_hf.distillation`: every weight, {'/'.join(map(str, sorted(steps)))} "
+        f"distillation from the dense model (`tailored_hf.distillation`: every weight, {'/'.join(map(str, steps))} "
         f"steps x {kd['batch_size']} packed windows of {kd['seq_len']} tokens, {tokens} tokens, of C4 or of the 7 "
         "tasks' train text without labels (every choice of a row, an equal share per task), lr "
         f"{kd['learning_rate']:g}, T={kd['temperature']:g}; the dense model distilled from itself is itself, so the "
@@ -676,8 +678,8 @@ def extra_configs(keys, tag: str) -> list[str]:
 
 
 def peer_configs(keys, tag: str) -> list[str]:
-    """`extra_configs` that a peer row matches in budget: all but `TEACHER_KD_CONFIGS`."""
-    return [name for name in extra_configs(keys, tag) if name not in TEACHER_KD_CONFIGS]
+    """`extra_configs` that a peer row matches in budget (`PEER_CONFIGS`)."""
+    return [name for name in extra_configs(keys, tag) if name in PEER_CONFIGS]
 
 
 def mean_stderr(cells: dict[str, Any], key: str, tasks: list[str]) -> float | None:

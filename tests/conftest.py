@@ -86,6 +86,16 @@ def input_batch(vocab_size: int = TINY_SIZES["vocab_size"], batch: int = 2, leng
     return torch.randint(0, vocab_size, (batch, length), generator=generator)
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a module of tiny-matrix tests (no oversubscription on shared CI machines); use it with
+    `pytestmark = pytest.mark.usefixtures("single_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------------------------------- Trainer test helpers
 @pytest.fixture(scope="module")
 def tokenizer():

@@ -1,4 +1,4 @@
-"""Dense-teacher distillation: the chunked KL with two LM heads, `TeacherDistillationTrainer`, `distill_from_teacher`."""
+"""Dense-teacher distillation: the chunked KL with two LM heads, the trainer and `distill_from_teacher`."""
 
 from __future__ import annotations
 
@@ -20,12 +20,7 @@ from .conftest import TINY_SIZES, input_batch, make_tiny_model, training_args
 FP32 = {"rtol": 1e-5, "atol": 1e-6}  # softmaxes in float32, in a different order of operations
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def pruned_student(teacher: torch.nn.Module, heterogeneous: bool = False) -> torch.nn.Module:

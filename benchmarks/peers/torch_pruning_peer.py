@@ -74,9 +74,8 @@ from common import RESULTS_DIR, add_model_arguments, read_results, write_markdow
 from tailored_llama import (  # noqa: E402
     C4_BUDGET_CONFIGS,
     CHANCE,
-    EXTRA_CONFIGS,
     EXTRA_LABELS,
-    TEACHER_KD_CONFIGS,
+    PEER_CONFIGS,
     Bench,
     add_recovery_arguments,
     c4_budget_text,
@@ -647,7 +646,7 @@ def render(data: dict[str, Any], ours: dict[str, Any] | None) -> str:
         f"{s['batch_size']}, K={s['k']} task shots, seed {s['seed']} (the `tailored_llama.py` protocol; our rows are "
         "read from `tailored_llama.json`). Ours: `tailored_llama.py`'s dependency-group pass (Taylor importance; "
         "query heads, KV groups and FFN channels; hidden size kept; first and last layers protected), and its extra "
-        f"configurations ({', '.join(f'{EXTRA_LABELS[n]}: `{config_text(n)}`' for n in EXTRA_CONFIGS if n not in TEACHER_KD_CONFIGS)}). "
+        f"configurations ({', '.join(f'{EXTRA_LABELS[n]}: `{config_text(n)}`' for n in PEER_CONFIGS)}). "
         "Torch-Pruning: "
         "`BasePruner` as in its LLM example (hidden size, FFN channels and query heads per KV group, every layer "
         "alike), magnitude (L2) or Taylor importance, its channel ratio searched to the same share of total "

@@ -31,13 +31,7 @@ TOL = 1e-5
 DEEP = dict(num_hidden_layers=8, intermediate_size=128)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny matrices: one thread avoids oversubscription on shared CI machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def logits(model, ids):

@@ -42,12 +42,7 @@ SAMPLES = 200_000
 BIG = 60.0  # |log_alpha| at which a gate is 0 or 1 to float64 precision
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def lora(model):
