@@ -392,13 +392,16 @@ def distill_pruned(model, teacher, tokenizer, cfg: PipelineConfig, pool, output_
     from .data import label_free_texts, packed_windows
     from .distillation import distill_from_teacher
 
+    # One pass over as many windows as the steps take (fewer when the text runs out: the trainer then repeats them).
+    packing = {
+        "seq_len": cfg.teacher_kd_seq_len,
+        "seed": cfg.seed,
+        "max_windows": cfg.teacher_kd_steps * cfg.teacher_kd_batch_size,
+    }
     if cfg.teacher_kd_source == "task":
-        texts = label_free_texts(pool, cfg.task, tokenizer=tokenizer)
-        windows = packed_windows(tokenizer, texts=texts, seq_len=cfg.teacher_kd_seq_len, seed=cfg.seed)
+        windows = packed_windows(tokenizer, texts=label_free_texts(pool, cfg.task, tokenizer=tokenizer), **packing)
     else:
-        windows = packed_windows(
-            tokenizer, cfg.teacher_kd_source, seq_len=cfg.teacher_kd_seq_len, seed=cfg.seed, data_dir=cfg.data_dir
-        )
+        windows = packed_windows(tokenizer, cfg.teacher_kd_source, data_dir=cfg.data_dir, **packing)
     _, stats = distill_from_teacher(
         model,
         teacher,

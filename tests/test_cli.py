@@ -121,6 +121,8 @@ def test_teacher_kd_on_the_tasks_label_free_train_text(tiny_base, tmp_path):
     assert main(["run", str(BOOLQ_20), "--output-dir", str(out), "--quiet", *_set(*overrides)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["teacher_kd"]["tokens"] == 2 * 32 and report["config"]["teacher_kd_source"] == "task"
+    # Only the windows the steps take are packed (the pool holds many more), not the whole pool tokenized.
+    assert report["teacher_kd"]["windows"] == 1 * 2
 
 
 def test_teacher_kd_settings_are_checked():

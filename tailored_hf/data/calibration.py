@@ -125,6 +125,7 @@ def packed_windows(
     seed: int = 0,
     data_dir: str | os.PathLike | None = None,
     texts: list[str] | None = None,
+    max_windows: int | None = None,
 ) -> torch.LongTensor:
     """
     Every token of a text source, packed into windows of `seq_len` tokens: the documents in one seeded order, each
@@ -139,21 +140,28 @@ def packed_windows(
         seed (`int`, defaults to 0): Seed of the document order.
         data_dir (`str` or `os.PathLike`, *optional*): Data directory.
         texts (`list[str]`, *optional*): Documents to use instead of loading `source`.
+        max_windows (`int`, *optional*): Stop once this many windows are packed (the first windows of the uncapped
+            result), so that a large source is not tokenized whole for a short run (e.g. `max_steps * batch_size`).
 
     Returns:
         `torch.LongTensor` of shape `[windows, seq_len]`.
 
     Raises:
-        `ValueError`: `seq_len <= 0`, or the documents hold fewer than `seq_len` tokens in all.
+        `ValueError`: `seq_len <= 0` or `max_windows <= 0`, or the documents hold fewer than `seq_len` tokens in all.
     """
     if seq_len <= 0:
         raise ValueError(f"seq_len must be positive, got {seq_len}.")
+    if max_windows is not None and max_windows <= 0:
+        raise ValueError(f"max_windows must be positive when given, got {max_windows}.")
     documents = texts if texts is not None else load_calibration_texts(source, data_dir=data_dir)
     separator = [] if getattr(tokenizer, "eos_token_id", None) is None else [tokenizer.eos_token_id]
     stream: list[int] = []
+    enough = None if max_windows is None else max_windows * seq_len
     for index in random.Random(seed).sample(range(len(documents)), len(documents)):
         stream += _token_ids(tokenizer, documents[index]) + separator
-    count = len(stream) // seq_len
+        if enough is not None and len(stream) >= enough:
+            break
+    count = len(stream) // seq_len if max_windows is None else min(len(stream) // seq_len, max_windows)
     if count == 0:
         raise ValueError(f"The documents hold {len(stream)} tokens, fewer than one window of {seq_len}.")
     return torch.tensor(stream[: count * seq_len], dtype=torch.long).view(count, seq_len)

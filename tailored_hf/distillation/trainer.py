@@ -121,7 +121,8 @@ def distill_from_teacher(
         **training_kwargs: Further `TrainingArguments` fields (e.g. `use_cpu=True`, `bf16=True`), applied last.
 
     Returns:
-        `(model, stats)`: the trained model and `{"train_loss", "steps", "tokens", "train_seconds"}`.
+        `(model, stats)`: the trained model and `{"train_loss", "steps", "tokens", "windows", "train_seconds"}`
+        (`windows`: the distinct windows given, `n`).
     """
     from datasets import Dataset
 
@@ -166,5 +167,6 @@ def distill_from_teacher(
         "train_loss": result.training_loss,
         "steps": result.global_step,
         "tokens": tokens,
+        "windows": windows.shape[0],
         "train_seconds": seconds,
     }

@@ -82,7 +82,12 @@ def test_packed_windows_keep_every_token_in_seeded_document_order(tokenizer):
     assert windows.dtype == torch.long and windows.shape == (len(stream) // 8, 8)
     assert windows.flatten().tolist() == stream[: windows.numel()]
     assert not torch.equal(windows, packed_windows(tokenizer, texts=texts, seq_len=8, seed=4))
+    # A cap keeps the first windows of the same stream, and never pads past what the documents hold.
+    assert torch.equal(packed_windows(tokenizer, texts=texts, seq_len=8, seed=3, max_windows=2), windows[:2])
+    assert torch.equal(packed_windows(tokenizer, texts=texts, seq_len=8, seed=3, max_windows=10**6), windows)
     with pytest.raises(ValueError, match="fewer than one window"):
         packed_windows(tokenizer, texts=["word"], seq_len=64)
     with pytest.raises(ValueError, match="seq_len must be positive"):
         packed_windows(tokenizer, texts=texts, seq_len=0)
+    with pytest.raises(ValueError, match="max_windows must be positive"):
+        packed_windows(tokenizer, texts=texts, seq_len=8, max_windows=0)
