@@ -379,11 +379,11 @@ def main() -> None:
                         shots = bench.shots(args.ablation_task, k)
                         bench.tuned_cell(model, f"{tag}/k{k}/{args.ablation_task}", shots, [args.ablation_task])
             del model
-    # Extra configurations: every no-tune cell first (minutes), then the task adapters, larger ratios first (where
-    # the configurations differ most; the cache makes an interrupted run resume).
-    for name in args.extra_configs:
-        for tuned in (False, True):
-            for ratio in sorted(args.ratios, reverse=True):
+    # Extra configurations, larger ratios first (where the configurations differ most), each configuration's no-tune
+    # cell then its task adapters (a distilled model takes ~20 min to make; the cache makes an interrupted run resume).
+    for ratio in sorted(args.ratios, reverse=True):
+        for name in args.extra_configs:
+            for tuned in (False, True):
                 prefix = f"{ratio:.0%}/{name}"
                 keys = [f"{prefix}/task/{t}" for t in tasks] if tuned else [f"{prefix}/pruned"]
                 forget_other_config(bench.data, prefix, prefix, EXTRA_CONFIGS[name], ratio)
