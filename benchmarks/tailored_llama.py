@@ -108,7 +108,7 @@ NUTEPRUNE_ARGS = ["--steps", "500", "--batch-size", "1", "--seq-len", "128", "--
 MODEL_CACHE = ROOT / "outputs" / "tailored_llama"
 #: Command-line options that do not change any cell (the rest must match the cache's settings to reuse it);
 #: `extra_configs` only adds cells under their own keys.
-RUN_OPTIONS = ("out", "report_only", "extra_configs")
+RUN_OPTIONS = ("out", "report_only", "extra_configs", "recompute")
 PER_TASK_MODELS = "n/a (one adapter per task)"  # task-LoRA rows: no single model to take a perplexity of
 
 logger = logging.getLogger("tailored_llama")
@@ -144,6 +144,13 @@ def parse_args() -> argparse.Namespace:
         choices=sorted(EXTRA_CONFIGS),
         default=sorted(EXTRA_CONFIGS),
         help="configurations of our pass run beside the paper's (no tune and task LoRA, every ratio)",
+    )
+    parser.add_argument(
+        "--recompute",
+        nargs="*",
+        default=[],
+        metavar="KEY",
+        help="cached cells to drop and measure again (e.g. a no-tune cell after its cached model was rebuilt)",
     )
     return parser.parse_args()
 
@@ -344,6 +351,8 @@ def main() -> None:
         write_markdown(args.out, render(read_results(args.out)))
         return
     bench = Bench(args)
+    for key in args.recompute:
+        bench.data["cells"].pop(key, None)
     tasks = args.tasks
     dense_params = count_parameters(bench.model)
     bench.cell("dense", lambda: bench.evaluate(bench.model, tasks))
