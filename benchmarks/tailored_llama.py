@@ -389,7 +389,8 @@ def main() -> None:
                         bench.tuned_cell(model, f"{tag}/k{k}/{args.ablation_task}", shots, [args.ablation_task])
             del model
     # Extra configurations, larger ratios first (where the configurations differ most), each configuration's no-tune
-    # cell then its task adapters (a distilled model takes ~20 min to make; the cache makes an interrupted run resume).
+    # cell then its task adapters (a distilled model takes 20-40 min to make; an interrupted run resumes from the
+    # cache).
     for ratio in sorted(args.ratios, reverse=True):
         for name in args.extra_configs:
             for tuned in (False, True):
