@@ -309,6 +309,8 @@ def training_arguments(cfg: PipelineConfig, output_dir: Path):
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"training_kwargs: SFTConfig has no field {key!r}.{hint}")
     kwargs.update(cfg.training_kwargs)
+    # Pinned host memory only helps a copy to an accelerator (on CPU the dataloader warns that it is unused).
+    kwargs.setdefault("dataloader_pin_memory", not kwargs["use_cpu"] and torch.accelerator.is_available())
     return SFTConfig(**kwargs)
 
 

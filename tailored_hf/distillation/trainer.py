@@ -148,6 +148,10 @@ def distill_from_teacher(
         disable_tqdm=True,
     )
     settings.update(training_kwargs)
+    # Pinned host memory only helps a copy to an accelerator (on CPU the dataloader warns that it is unused).
+    settings.setdefault(
+        "dataloader_pin_memory", not settings.get("use_cpu", False) and torch.accelerator.is_available()
+    )
     dataset = Dataset.from_dict({"input_ids": windows.tolist()}).with_format("torch")
     trainer = TeacherDistillationTrainer(
         model=model,
