@@ -443,7 +443,7 @@ def test_end_to_end_sft_trainer_with_peft_config(tmp_path, tokenizer, distillati
     )
     trainer.train()
     method = next(c for c in trainer.callback_handler.callbacks if isinstance(c, PrunerCallback)).method
-    assert float(method.lambdas.abs().sum()) > 0  # the Lagrangian reached TRL's loss (fused LM head log-probs)
+    assert float(method.lambdas.detach().abs().sum()) > 0  # the Lagrangian reached TRL's loss (fused LM head log-probs)
     if distillation == "progressive":
         # task_loss_weight=None -> 0 with KD: the loss TRL back-propagates is exactly our terms.
         last = next(e for e in reversed(trainer.state.log_history) if "pruning/kd_logit_loss" in e)
@@ -694,7 +694,7 @@ def test_loss_term_scaling_for_accumulation_and_task_weight():
     with torch.no_grad():
         method.lambdas.copy_(torch.tensor([1.0, 0.0]))
     output = SimpleNamespace(loss=torch.tensor(2.0))
-    gap = float(method.masks.expected_sparsity()) - method.current_target()
+    gap = float(method.masks.expected_sparsity().detach()) - method.current_target()
     plain = method._loss_term(model, {}, output)
     torch.testing.assert_close(plain, torch.tensor(gap + (0.25 - 1.0) * 2.0, dtype=plain.dtype))
     labels = torch.tensor([[-100, 5, 6, -100, 7, 8]])  # 4 trained tokens after the causal shift

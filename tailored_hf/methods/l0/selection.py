@@ -109,7 +109,7 @@ def select_plan(
         return _sweep(geometry, log_alpha, kept_layers, n_hidden, dense, target)
 
     if log_alpha.hidden is not None:
-        n0 = min(hidden_size, max(1, int(round(float(probabilities.hidden.sum())))))
+        n0 = min(hidden_size, max(1, int(round(float(probabilities.hidden.detach().sum())))))
         start = lambda n: _sparsity_with(geometry, kept_layers, n, dense, None)  # noqa: E731
         floor = lambda n: _sparsity_with(geometry, kept_layers, n, dense, log_alpha)  # noqa: E731
         # Largest n whose fully pruned model still reaches the target; smallest n that does not over-shoot at start.
