@@ -443,7 +443,8 @@ def test_end_to_end_sft_trainer_with_peft_config(tmp_path, tokenizer, distillati
     )
     trainer.train()
     method = next(c for c in trainer.callback_handler.callbacks if isinstance(c, PrunerCallback)).method
-    assert float(method.lambdas.detach().abs().sum()) > 0  # the Lagrangian reached TRL's loss (fused LM head log-probs)
+    # The Lagrangian reached TRL's loss (fused LM head log-probs).
+    assert float(method.lambdas.detach().abs().sum()) > 0
     if distillation == "progressive":
         # task_loss_weight=None -> 0 with KD: the loss TRL back-propagates is exactly our terms.
         last = next(e for e in reversed(trainer.state.log_history) if "pruning/kd_logit_loss" in e)
