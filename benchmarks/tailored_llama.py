@@ -12,8 +12,8 @@ format (the same format is scored); generic tuning uses the Alpaca template on 7
 examples as the seven task adapters together). Beside the paper's pass, the pruning steps of `EXTRA_CONFIGS` (our
 pass with hidden channels pruned too; NutePrune's L0 masks, trained with their LoRA on C4; our pass + the same C4
 LoRA, the control for the masks; the L0 model distilled from the dense model on C4 or on the tasks' label-free
-train text, `TEACHER_KD`, compared with dense only) run without task tuning and with the task adapters, at every ratio. Cells are cached
-in the JSON so an interrupted run resumes.
+train text, `TEACHER_KD`, compared with dense only) run without task tuning and with the task adapters, at every
+ratio. Cells are cached in the JSON so an interrupted run resumes.
 
     .venv/bin/python benchmarks/tailored_llama.py                      # full report (~3 h on 2 quiet cores; resumes)
     .venv/bin/python benchmarks/tailored_llama.py --report-only        # Markdown from the cells cached so far
