@@ -7,10 +7,13 @@ project, where `../shared/data/README.md` describes the real data; `--data-dir` 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from tailored_hf.data.sources import DATA_DIR_ENV_VAR
 from tailored_hf.loading import DEFAULT_MODEL
@@ -46,6 +49,18 @@ def results_path(stem: str, ratio: float, unsuffixed: float | None = None) -> st
 def read_results(out: str) -> dict[str, Any]:
     """The cached results `<out>.json` of a benchmark run (what `--report-only` renders)."""
     return json.loads(Path(out + ".json").read_text())
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 of `model`'s weights (every `state_dict` entry's name, dtype, shape and bytes, in order): equal for
+    bit-identical models, such as one reloaded from its saved files, and different for a rebuilt model whose training
+    on another host ended on other bits. About 0.6 s for SmolLM2-135M on this CPU."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def write_markdown(out: str, text: str) -> None:

@@ -13,7 +13,9 @@ examples as the seven task adapters together). Beside the paper's pass, the prun
 pass with hidden channels pruned too; NutePrune's L0 masks, trained with their LoRA on C4; our pass + the same C4
 LoRA, the control for the masks; the L0 model distilled from the dense model on C4 or on the tasks' label-free
 train text, `TEACHER_KD`, compared with dense only) run without task tuning and with the task adapters, at every
-ratio. Cells are cached in the JSON so an interrupted run resumes.
+ratio. Cells are cached in the JSON so an interrupted run resumes; each records the fingerprint of the weights it
+scored (`common.model_fingerprint`), so a cell cached on a model since rebuilt (on another host: not bit-identical) is
+measured again when that model is next loaded.
 
     .venv/bin/python benchmarks/tailored_llama.py                      # full report (~3 h on 2 quiet cores; resumes)
     .venv/bin/python benchmarks/tailored_llama.py --report-only        # Markdown from the cells cached so far
@@ -35,7 +37,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import L0_DEFAULT_CONSTRAINT, RESULTS_DIR, ROOT, add_model_arguments, read_results, write_markdown
+from common import (
+    L0_DEFAULT_CONSTRAINT,
+    RESULTS_DIR,
+    ROOT,
+    add_model_arguments,
+    model_fingerprint,
+    read_results,
+    write_markdown,
+)
 
 from tailored_hf.data import load_lm_text, load_task_split, map_for_training, sample_k_shots
 from tailored_hf.eval import COMMONSENSE_TASKS, evaluate_tasks, token_perplexity
@@ -178,13 +188,30 @@ class Bench:
             if previous.get("settings") == settings:
                 self.data = previous
 
-    def cell(self, key: str, fn) -> Any:
+    def cell(self, key: str, fn, model: torch.nn.Module | None = None) -> Any:
+        """`fn()`'s value, measured once and cached under `key`.
+
+        `model`: the model the cell scores (or tunes a copy of). The cell records its fingerprint
+        (`model_fingerprint`), and a cached cell recorded on other weights (a cached model rebuilt on another host) is
+        measured again. Cells cached before fingerprints were recorded carry none and are kept.
+        """
+        fingerprint = None if model is None else model_fingerprint(model)
+        cached = self.data["cells"].get(key)
+        if fingerprint and cached and cached.get("model", fingerprint) != fingerprint:
+            logger.warning(
+                "%s: cached on other weights (model %.12s, now %.12s): measured again",
+                key,
+                cached["model"],
+                fingerprint,
+            )
+            del self.data["cells"][key]
         if key not in self.data["cells"]:
             start = time.perf_counter()
             value = fn()
-            self.data["cells"][key] = {"value": value, "seconds": time.perf_counter() - start}
+            cell = {"value": value, "seconds": time.perf_counter() - start}
+            self.data["cells"][key] = cell | ({"model": fingerprint} if fingerprint else {})
             self.save()
-            logger.info("%s done in %.0fs", key, self.data["cells"][key]["seconds"])
+            logger.info("%s done in %.0fs", key, cell["seconds"])
         return self.data["cells"][key]["value"]
 
     def save(self) -> None:
@@ -340,7 +367,7 @@ class Bench:
             result = {**self.evaluate(tuned, tasks), "training": stats, "examples": len(train)}
             return result | ({} if learning_rate is None else {"learning_rate": learning_rate})
 
-        return self.cell(key, run)
+        return self.cell(key, run, model=base)
 
 
 def main() -> None:
@@ -351,11 +378,14 @@ def main() -> None:
         write_markdown(args.out, render(read_results(args.out)))
         return
     bench = Bench(args)
+    unknown = [key for key in args.recompute if key not in bench.data["cells"]]
+    if unknown:
+        raise SystemExit(f"--recompute: no cached cell {', '.join(map(repr, unknown))} in {bench.path}")
     for key in args.recompute:
-        bench.data["cells"].pop(key, None)
+        del bench.data["cells"][key]
     tasks = args.tasks
     dense_params = count_parameters(bench.model)
-    bench.cell("dense", lambda: bench.evaluate(bench.model, tasks))
+    bench.cell("dense", lambda: bench.evaluate(bench.model, tasks), model=bench.model)
     for task in tasks:
         bench.tuned_cell(bench.model, f"dense+task/{task}", bench.shots(task, args.k), [task])
     alpaca = bench.shots("alpaca", args.k * len(tasks))
@@ -379,7 +409,7 @@ def main() -> None:
             if generic_pass:
                 bench.tuned_cell(model, f"{tag}/alpaca", alpaca, tasks, group_by_length=True)
                 continue
-            bench.cell(f"{tag}/pruned", lambda model=model: bench.evaluate(model, tasks))
+            bench.cell(f"{tag}/pruned", lambda model=model: bench.evaluate(model, tasks), model=model)
             for task in tasks:
                 bench.tuned_cell(model, f"{tag}/task/{task}", bench.shots(task, args.k), [task])
             if ratio == args.ratios[0]:
@@ -390,29 +420,26 @@ def main() -> None:
             del model
     # Extra configurations, larger ratios first (where the configurations differ most), each configuration's no-tune
     # cell then its task adapters (a distilled model takes 20-40 min to make; an interrupted run resumes from the
-    # cache).
+    # cache). Every cell is checked against the model's fingerprint once the model is loaded.
     for ratio in sorted(args.ratios, reverse=True):
         for name in args.extra_configs:
-            for tuned in (False, True):
-                prefix = f"{ratio:.0%}/{name}"
-                keys = [f"{prefix}/task/{t}" for t in tasks] if tuned else [f"{prefix}/pruned"]
-                forget_other_config(bench.data, prefix, prefix, EXTRA_CONFIGS[name], ratio)
-                if all(key in bench.data["cells"] for key in keys) and prefix in bench.data.get("params", {}):
-                    continue
-                model, plan = bench.pruned(ratio, **EXTRA_CONFIGS[name])
-                bench.data.setdefault("params", {})[prefix] = {
-                    "dense": dense_params,
-                    "pruned": count_parameters(model),
-                    "achieved": 1 - count_parameters(model) / dense_params,
-                    "per_layer": plan.per_layer_sizes(),
-                    "config": config_at(EXTRA_CONFIGS[name], ratio),
-                }
-                if tuned:
-                    for task in tasks:
-                        bench.tuned_cell(model, f"{prefix}/task/{task}", bench.shots(task, args.k), [task])
-                else:
-                    bench.cell(f"{prefix}/pruned", lambda model=model: bench.evaluate(model, tasks))
-                del model
+            prefix = f"{ratio:.0%}/{name}"
+            keys = [f"{prefix}/pruned"] + [f"{prefix}/task/{t}" for t in tasks]
+            forget_other_config(bench.data, prefix, prefix, EXTRA_CONFIGS[name], ratio)
+            if all(key in bench.data["cells"] for key in keys) and prefix in bench.data.get("params", {}):
+                continue
+            model, plan = bench.pruned(ratio, **EXTRA_CONFIGS[name])
+            bench.data.setdefault("params", {})[prefix] = {
+                "dense": dense_params,
+                "pruned": count_parameters(model),
+                "achieved": 1 - count_parameters(model) / dense_params,
+                "per_layer": plan.per_layer_sizes(),
+                "config": config_at(EXTRA_CONFIGS[name], ratio),
+            }
+            bench.cell(f"{prefix}/pruned", lambda model=model: bench.evaluate(model, tasks), model=model)
+            for task in tasks:
+                bench.tuned_cell(model, f"{prefix}/task/{task}", bench.shots(task, args.k), [task])
+            del model
     bench.data["environment"] = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

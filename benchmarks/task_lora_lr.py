@@ -146,7 +146,7 @@ class RateBench(Bench):
             selection = {task: self.select_score(model, task) for task in self.args.tasks}
             return {**self.evaluate(model, self.args.tasks), "selection": selection}
 
-        self.cell(f"{name}/untuned", run)
+        self.cell(f"{name}/untuned", run, model=model)
 
     def rate_cells(self, model, name: str, rate: float) -> None:
         """`model` + one task LoRA per task at `rate`, scored on the validation and the selection items."""
@@ -157,7 +157,7 @@ class RateBench(Bench):
                 result = {**self.evaluate(tuned, [task]), "selection": {task: self.select_score(tuned, task)}}
                 return result | {"training": stats}
 
-            self.cell(f"{name}/lr={rate:g}/{task}", run)
+            self.cell(f"{name}/lr={rate:g}/{task}", run, model=model)
 
 
 def task_scores(cells: dict[str, Any], key: str, tasks: list[str], which: str) -> dict[str, float] | None:

@@ -364,7 +364,7 @@ class PairedBench(PeerBench):
         model) when `untuned`, and after each task's LoRA on each of `budgets` (`prefix/<budget.kind>/<task>`)."""
         if untuned:
             key = f"{self.tag}/{prefix}" + ("" if prefix.startswith("dense") else "/pruned")
-            self.cell(key, lambda: self.evaluate(model, self.args.tasks))
+            self.cell(key, lambda: self.evaluate(model, self.args.tasks), model=model)
         for budget in budgets:
             rate = None
             if budget.chosen_rate:
@@ -424,7 +424,7 @@ def main() -> None:
             bench.model_cells(model, name, budgets)
             del model
     if args.dense:  # first: the dense + same tune controls are what the shares are read against
-        bench.cell("dense", lambda: bench.evaluate(bench.model, args.tasks))
+        bench.cell("dense", lambda: bench.evaluate(bench.model, args.tasks), model=bench.model)
         if "task_lora" in args.pairs:
             bench.model_cells(bench.model, "dense", [PAPER_BUDGET], untuned=False)
         for steps, budgets in c4_budgets.items():  # dense + the same C4 LoRA (+ task LoRA)

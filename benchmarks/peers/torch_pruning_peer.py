@@ -453,7 +453,7 @@ def main() -> None:
                 # The pruned model after the same C4 LoRA as our "c4" and "l0" rows (their generic budget), merged.
                 base = models.pop(best) if best in models else bench.repruned(tag, best)
                 model = c4_lora(base, bench.tokenizer, args)
-                bench.cell(keys[0], lambda model=model: bench.evaluate(model, tasks))
+                bench.cell(keys[0], lambda model=model: bench.evaluate(model, tasks), model=model)
                 for task, key in zip(tasks, keys[1:]):
                     bench.tuned_cell(model, key, bench.shots(task, args.k), [task])
         models.clear()
