@@ -474,7 +474,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(
             f"- superseded `{name}` (generator lr {entry['generator_lr']:g}, alpha {entry['alpha']:g}): decided "
             f"{fmt(entry['decided_decoder_sparsity'])} of the decoder ({entry['ratio_total']:.1%} of all parameters), "
-            f"relative performance {fmt(entry['relative_performance'])}, domain PPL {fmt(entry['scores']['domain_ppl'])}"
+            f"relative performance {fmt(entry['relative_performance'])}, "
+            f"domain PPL {fmt(entry['scores']['domain_ppl'])}"
         )
     if "fig3" in results:
         lines += ["", f"Fig. 3 mean Hamming difference: {json.dumps(results['fig3']['mean'])}"]

@@ -1,11 +1,11 @@
 """Where a soft-masked training step's extra activation memory goes: bytes saved for backward, per mask kind.
 
-One LoRA training forward of SmolLM2-135M-Instruct on a real C4 window (NutePrune's training data), with soft (differentiable) masks
-on attention heads, FFN channels and hidden dims as L0 / NutePrune trains them, against the same forward without
-masks. Saved tensors are counted with `torch.autograd.graph.saved_tensors_hooks` (each storage once, parameters
-excluded), so the figures are exact bytes, free of allocator and timing noise. Reference rows keep the masked
-RMSNorms' intermediates and the FFN product `act(gate) * up` (what `RuntimeMasks` did before it recomputed them in
-backward).
+One LoRA training forward of SmolLM2-135M-Instruct on a real C4 window (NutePrune's training data), with soft
+(differentiable) masks on attention heads, FFN channels and hidden dims as L0 / NutePrune trains them, against the same
+forward without masks. Saved tensors are counted with `torch.autograd.graph.saved_tensors_hooks` (each storage once,
+parameters excluded), so the figures are exact bytes, free of allocator and timing noise. Reference rows keep the
+masked RMSNorms' intermediates and the FFN product `act(gate) * up` (what `RuntimeMasks` did before it recomputed them
+in backward).
 
     .venv/bin/python benchmarks/mask_memory.py            # ~1 min; writes benchmarks/results/mask_memory.{json,md}
 """

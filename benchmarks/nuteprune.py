@@ -468,8 +468,8 @@ def render(report: dict[str, Any]) -> str:
         lines += [
             "## Memory and step time (one process per step kind)",
             "",
-            f"One training step of {cfg['batch_size']} C4 windows of {cfg['seq_len']} tokens, LoRA r={cfg['lora_r']} on "
-            f"{cfg['lora_targets']}; NutePrune: progressive KD with the layer-wise term, target "
+            f"One training step of {cfg['batch_size']} C4 windows of {cfg['seq_len']} tokens, LoRA r={cfg['lora_r']} "
+            f"on {cfg['lora_targets']}; NutePrune: progressive KD with the layer-wise term, target "
             f"{float(cfg['targets'].split(',')[0]):.0%}; mean of {cfg['cost_steps']} timed steps after a warm-up."
             + (
                 f" {cfg['cost_repeats']} processes per step kind: the run with the median peak is shown, every run's "
@@ -591,8 +591,9 @@ def quality_lines(quality: dict[str, Any]) -> list[str]:
     )
     lines += [
         "",
-        "+- is the binomial standard error of the 7-task mean. `s_hat at end`: the masks' expected sparsity at the last "
-        "logged step; the deterministic masks applied at the end are chosen to remove exactly the target (`removed`).",
+        "+- is the binomial standard error of the 7-task mean. `s_hat at end`: the masks' expected sparsity at the "
+        "last logged step; the deterministic masks applied at the end are chosen to remove exactly the target "
+        "(`removed`).",
         "",
     ]
     rerun = sorted({(VARIANT_LABELS[r["variant"]], r["rerun"]) for r in quality["runs"] if r.get("rerun")})

@@ -162,7 +162,8 @@ def overhead_section(
         rss = row[memory] / kinds[row["reference"]][memory] if row["reference"] in kinds else None
         rss_text = "—" if rss is None else f"{rss:.2f}x"
         lines.append(
-            f"| `{kind}` | `{row['reference']}` | {row['ratio']:.2f}x | {target_text} | {status} | {floor} | {rss_text} |"
+            f"| `{kind}` | `{row['reference']}` | {row['ratio']:.2f}x | {target_text} | "
+            f"{status} | {floor} | {rss_text} |"
         )
     if overhead.get("note"):
         lines += ["", f"Note: {overhead['note']}"]
@@ -170,9 +171,9 @@ def overhead_section(
     if same is not None and abs(1 - same) >= 0.005:
         lines += [
             "",
-            f"Resolution: `depgraph` and `lora_pruned` train the same pruned model (the callback does no per-step work), "
-            f"yet measured {same:.2f}x: step times on this VM differ by up to about {abs(1 - same):.0%} run to run, "
-            "so ratios within that of 1.00 are ties.",
+            f"Resolution: `depgraph` and `lora_pruned` train the same pruned model (the callback does no per-step "
+            f"work), yet measured {same:.2f}x: step times on this VM differ by up to about {abs(1 - same):.0%} run to "
+            "run, so ratios within that of 1.00 are ties.",
         ]
     elif same is not None:
         lines.append("")
@@ -185,8 +186,8 @@ def overhead_section(
         )
         met = share < DIRECT_OVERHEAD_TOLERANCE and (reference_hooks is None or hooks <= reference_hooks)
         lines.append(
-            f"Measured directly: the `depgraph` callback spends {1e3 * direct['callback_seconds_per_step']:.2f} ms per "
-            f"step in its event handlers ({share:.3%} of a `lora_pruned` step) and the model trains with {hooks} "
+            f"Measured directly: the `depgraph` callback spends {1e3 * direct['callback_seconds_per_step']:.2f} ms "
+            f"per step in its event handlers ({share:.3%} of a `lora_pruned` step) and the model trains with {hooks} "
             f"forward hooks: 0% overhead after pruning {'met' if met else 'NOT met'} (counted met under "
             f"{DIRECT_OVERHEAD_TOLERANCE:.0%} of the step with no hook added)."
         )
@@ -238,7 +239,8 @@ def nuteprune_memory_lines(nuteprune: dict[str, Any] | None, source: str = "nute
     return [
         f"At `benchmarks/nuteprune.py`'s setting ({cfg['batch_size']} x {cfg['seq_len']} tokens, LoRA on "
         f"{cfg['lora_targets']}): progressive KD {ratio:.2f}x, {verdict(ratio, NUTEPRUNE_MEMORY_TARGET)}; the "
-        f"same step with a resident teacher copy (naive two-model KD) {two_model}; step time {s['step_time_ratio']:.2f}x "
+        f"same step with a resident teacher copy (naive two-model KD) {two_model}; "
+        f"step time {s['step_time_ratio']:.2f}x "
         f"(overhead {s['overhead_seconds']:.2f} s vs a {s['floor_seconds_one_teacher_forward']:.2f} s teacher "
         f"forward).{live_text}{' ' + nuteprune['note'] if nuteprune.get('note') else ''} Source: "
         f"`benchmarks/results/{source}.md`."
@@ -291,7 +293,8 @@ def inference_section(perf: dict[str, Any] | None, level: str = "## 3.", source:
         "this VM's noise, which is as wide as the ranges show, so smaller differences stay unresolved; slower: the "
         "whole range below 1.00.)"
         if verdicts
-        else "- Speed-ups: not resolved on this VM (see source); heterogeneous per-parameter ratios are within its noise."
+        else "- Speed-ups: not resolved on this VM (see source); heterogeneous per-parameter ratios are within "
+        "its noise."
     )
     misaligned = []
     for name, row in perf["inference"].items():
@@ -321,7 +324,8 @@ def inference_section(perf: dict[str, Any] | None, level: str = "## 3.", source:
         )
     return lines + [
         "",
-        f"- No masks at inference (0 forward hooks on every saved-and-reloaded model): {'met' if hooks else 'NOT met'}.",
+        f"- No masks at inference (0 forward hooks on every saved-and-reloaded model): "
+        f"{'met' if hooks else 'NOT met'}.",
         f"- Checkpoint size proportional to parameters ({width} bytes each, {dtype}): {'met' if size else 'NOT met'}.",
         speed,
         *alignment,
@@ -376,12 +380,12 @@ def peer_section(
     our_cells = {k: v["value"] for k, v in ours["cells"].items()}
     peer_cells = {k: v["value"] for k, v in peer["cells"].items()}
     lines += [
-        "Target: ours ahead of the peer (higher 7-task mean, lower perplexity) at each ratio, before and after tuning. "
-        "Ours in three configurations of the dependency-group pass: the paper's (query heads, KV groups and FFN "
-        "channels; hidden size kept), with hidden channels pruned too (`prune_hidden=True`, as Torch-Pruning's LLM "
-        "example does) and global ranking in 5 iterative rounds (`global_ranking=True, iterative_steps=5`, scoring the "
-        "partly pruned model again each round, LLM-Pruner's iterative mode). The second and third were added after the "
-        "first lost on 50% perplexity, each chosen from a perplexity-only sweep (`benchmarks/results/"
+        "Target: ours ahead of the peer (higher 7-task mean, lower perplexity) at each ratio, before and after "
+        "tuning. Ours in three configurations of the dependency-group pass: the paper's (query heads, KV groups and "
+        "FFN channels; hidden size kept), with hidden channels pruned too (`prune_hidden=True`, as Torch-Pruning's "
+        "LLM example does) and global ranking in 5 iterative rounds (`global_ranking=True, iterative_steps=5`, "
+        "scoring the partly pruned model again each round, LLM-Pruner's iterative mode). The second and third were "
+        "added after the first lost on 50% perplexity, each chosen from a perplexity-only sweep (`benchmarks/results/"
         "depgraph_configs.md`, four configurations and then three iterative ones); all are judged on every figure.",
         "",
         "| ratio | model | 7-task mean, no tune | WikiText-2 ppl | 7-task mean, + task LoRA (K=50) | ours ahead? |",
@@ -525,7 +529,8 @@ def c4_budget_lines(ours: dict[str, Any], peer: dict[str, Any]) -> list[str]:
         + ", ".join(f"{c!r} at {r:.0%}" for r, c in L0_SPARSITY_CONSTRAINTS.items())
         + " (chosen on held-out C4 perplexity by `benchmarks/l0_controller.py`), NutePrune's 'equality' elsewhere.",
         "",
-        "| ratio | model | 7-task mean, after the C4 LoRA | WikiText-2 ppl | + task LoRA (K=50) | ours ahead of the peer? |",
+        "| ratio | model | 7-task mean, after the C4 LoRA | WikiText-2 ppl | + task LoRA (K=50) "
+        "| ours ahead of the peer? |",
         "|---|---|---|---|---|---|",
         *rows,
         "",
@@ -556,9 +561,9 @@ def l0_quality_lines(nuteprune: dict[str, Any] | None) -> list[str]:
     tokens = cfg["steps"] * cfg["batch_size"] * cfg["seq_len"]
     return [
         f"L0 masks (NutePrune), not task-tailored: masks and LoRA trained on {tokens:,} C4 tokens, no task-specific "
-        f"recovery, evaluated on the first {cfg['eval_limit']} items of every task (dense {pct(dense['mean_accuracy'])}"
-        f"): best variant at {'; '.join(shares)} (`benchmarks/results/nuteprune.md`; NutePrune's "
-        f"{L0_DEFAULT_CONSTRAINT!r} sparsity constraint at every target, as in the paper)."
+        f"recovery, evaluated on the first {cfg['eval_limit']} items of every task (dense "
+        f"{pct(dense['mean_accuracy'])}): best variant at {'; '.join(shares)} (`benchmarks/results/nuteprune.md`; "
+        f"NutePrune's {L0_DEFAULT_CONSTRAINT!r} sparsity constraint at every target, as in the paper)."
     ]
 
 
@@ -580,8 +585,8 @@ def atp_quality_lines(atp: dict[str, Any] | None) -> list[str]:
     reference = atp.get("dense_lora")
     tuned = f"; dense + the same LoRA {share_text(reference.get('relative_performance'))}" if reference else ""
     return [
-        f"ATP, HealthCare domain (PubMedQA macro-F1 + HQS ROUGE, relative performance = mean of pruned / dense, Eq. 9; "
-        f"{s['max_steps']} steps x {s['batch_size']} rows, {s['eval_limit'] or 'all'} test items per task): "
+        f"ATP, HealthCare domain (PubMedQA macro-F1 + HQS ROUGE, relative performance = mean of pruned / dense, "
+        f"Eq. 9; {s['max_steps']} steps x {s['batch_size']} rows, {s['eval_limit'] or 'all'} test items per task): "
         f"{'; '.join(parts)}{tuned} (`benchmarks/results/atp_healthcare.md`)."
     ]
 
@@ -602,9 +607,9 @@ def moonshot_section(
     dense = task_scores(cells, "dense", tasks)
     ceiling = [task_scores(cells, f"dense+task/{t}", [t])[0] for t in tasks]
     lines += [
-        f"Measured end to end on the 7 tasks: each pruning step of `benchmarks/tailored_llama.py` (the dependency-group "
-        f"pass in two configurations, and + the C4 LoRA the L0 masks train with; NutePrune's L0 masks; those masks + "
-        f"{teacher_kd_text()}) + task-specific LoRA (K={s['k']}) "
+        f"Measured end to end on the 7 tasks: each pruning step of `benchmarks/tailored_llama.py` "
+        f"(the dependency-group pass in two configurations, and + the C4 LoRA the L0 masks train with; NutePrune's L0 "
+        f"masks; those masks + {teacher_kd_text()}) + task-specific LoRA (K={s['k']}) "
         f"(`benchmarks/results/tailored_llama.md`; first {s['limit']} validation items per task, BoolQ "
         f"{s['boolq_limit']}). Targets: >= 95% of the dense mean at 20% removed, >= 85% at 50% (the Tailored-LLaMA "
         "paper's headline on a 7B model).",

@@ -482,8 +482,8 @@ def render(data: dict[str, Any]) -> str:
         f"lm-eval protocol, primary metric per task (acc_norm for HellaSwag / ARC-c / OBQA, acc otherwise); "
         f"WikiText-2 token perplexity over {s['ppl_windows']} windows of 128 tokens. Recovery: LoRA r={s['lora_r']}, "
         f"lr {s['learning_rate']}, {s['epochs']:g} epochs, batch {s['batch_size']}, K={s['k']} task shots in the "
-        f"task's lm-eval format; Alpaca: {s['k'] * len(tasks)} rows in the Alpaca template, batched by length (same rows, "
-        f"epochs and steps, less padding). Seed {s['seed']}.",
+        f"task's lm-eval format; Alpaca: {s['k'] * len(tasks)} rows in the Alpaca template, batched by length "
+        f"(same rows, epochs and steps, less padding). Seed {s['seed']}.",
         "",
         "Chance: "
         + ", ".join(f"{t} {100 * CHANCE[t]:.0f}" for t in tasks)
@@ -803,8 +803,8 @@ def findings(cells: dict[str, Any], s: dict[str, Any], dense: list[float | None]
             )
             if extra_tuned is not None:
                 text += (
-                    f"; + task LoRA {100 * extra_tuned:.1f} vs {100 * tuned:.1f} ({extra_tuned / dense_mean:.1%} of the "
-                    "dense mean)"
+                    f"; + task LoRA {100 * extra_tuned:.1f} vs {100 * tuned:.1f} ({extra_tuned / dense_mean:.1%} of "
+                    "the dense mean)"
                 )
             lines.append(text + ".")
     if s["k_ablation"]:

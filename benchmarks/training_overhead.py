@@ -22,8 +22,8 @@ reported, with peak RSS. Floors are timed in the `lora` subprocess.
 
 Whole-step ratios carry this VM's run-to-run noise (about 15%), too coarse for a 0% target. So each kind with a
 callback also reports the direct per-step cost of the method: the median wall time spent inside `PrunerCallback`'s
-event handlers per timed training step, and the forward hooks installed on the model while it trains (for `depgraph` both are the method's whole per-step work: after pruning it trains the very model of
-`lora_pruned`).
+event handlers per timed training step, and the forward hooks installed on the model while it trains (for `depgraph`
+both are the method's whole per-step work: after pruning it trains the very model of `lora_pruned`).
 
     .venv/bin/python benchmarks/training_overhead.py     # ~15 minutes on 2 quiet cores
 
@@ -362,7 +362,8 @@ def render(report: dict[str, Any]) -> str:
             "|---|---|---|---|",
             *(
                 f"| `{k}` | {1e3 * r['callback_seconds_per_step']:.2f} | "
-                f"{r.get('callback_share_of_reference_step', float('nan')):.4%} | {r['forward_hooks_while_training']} |"
+                f"{r.get('callback_share_of_reference_step', float('nan')):.4%} | "
+                f"{r['forward_hooks_while_training']} |"
                 for k, r in direct.items()
             ),
         ]

@@ -65,9 +65,9 @@ def token_share(forward_kwargs: dict[str, Any]) -> torch.Tensor | float:
 
     When the Trainer passes `num_items_in_batch` (N: trained tokens of the whole optimizer step, over gradient
     accumulation and, with `average_tokens_across_devices`, over ranks), the model's loss is a sum over this
-    micro-batch's n trained tokens divided by N; the Trainer neither divides it by the accumulation steps nor lets DDP's
-    averaging shrink it (it multiplies by the number of processes first). Weighting the term by n / N gives it the
-    same treatment: one full term per optimizer step, on one process or several. Without `num_items_in_batch` the
+    micro-batch's n trained tokens divided by N; the Trainer neither divides it by the accumulation steps nor lets
+    DDP's averaging shrink it (it multiplies by the number of processes first). Weighting the term by n / N gives it
+    the same treatment: one full term per optimizer step, on one process or several. Without `num_items_in_batch` the
     Trainer divides every micro-batch loss by the accumulation steps itself, so the weight is 1.
     """
     total = forward_kwargs.get("num_items_in_batch")

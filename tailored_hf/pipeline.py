@@ -638,7 +638,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {label} | - | - | - | - |")
             continue
         lines.append(
-            f"| {label} | {row['acc']:.4f} | {row['acc_norm']:.4f} | {recovery(row['acc'])} | {row['wikitext2_ppl']:.2f} |"
+            f"| {label} | {row['acc']:.4f} | {row['acc_norm']:.4f} | {recovery(row['acc'])} | "
+            f"{row['wikitext2_ppl']:.2f} |"
         )
     if report.get("tuned_selected_prompt"):
         row = report["tuned_selected_prompt"]

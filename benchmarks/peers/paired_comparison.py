@@ -88,8 +88,8 @@ from tailored_hf.structure import count_parameters  # noqa: E402
 RESULTS = RESULTS_DIR / "paired_comparison"
 OURS = RESULTS_DIR / "tailored_llama.json"
 PEER = RESULTS_DIR / "torch_pruning.json"
-#: A larger generic budget than `NUTEPRUNE_ARGS`' 500 steps: the same C4 LoRA (windows drawn the same way, rank, targets,
-#: rate) for this many steps, given to our L0 model, to the peer and to the dense model alike.
+#: A larger generic budget than `NUTEPRUNE_ARGS`' 500 steps: the same C4 LoRA (windows drawn the same way, rank,
+#: targets, rate) for this many steps, given to our L0 model, to the peer and to the dense model alike.
 LONG_C4_STEPS = 2000
 #: Our models trained on a C4 budget: cell prefix -> (`Bench.pruned` overrides as `tailored_llama.EXTRA_CONFIGS`, with
 #: `c4_steps` for a budget other than `NUTEPRUNE_ARGS`', label, names of their pairs untuned / + task LoRA); every

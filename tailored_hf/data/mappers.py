@@ -26,10 +26,10 @@ def to_scoring(
     """
     Maps one row to the log-likelihood scoring form.
 
-    Choice `i` is scored as `log p(continuations[i] | contexts[i])`. Continuations carry the target delimiter (a leading
-    space for `lm_eval`, as in lm-evaluation-harness 0.4.13). Every context is the same string except for WinoGrande
-    under `lm_eval` (partial scoring: one context per option, shared continuation). Generation tasks return one choice:
-    the reference.
+    Choice `i` is scored as `log p(continuations[i] | contexts[i])`. Continuations carry the target delimiter (a
+    leading space for `lm_eval`, as in lm-evaluation-harness 0.4.13). Every context is the same string except for
+    WinoGrande under `lm_eval` (partial scoring: one context per option, shared continuation). Generation tasks return
+    one choice: the reference.
 
     Args:
         example (`Mapping[str, Any]`): One dataset row.
@@ -63,8 +63,8 @@ def tokenize_prompt_completion(
     """
     Tokenizes a prompt-completion pair for plain `transformers.Trainer` use, with loss on the completion only.
 
-    The prompt is tokenized with the tokenizer's special tokens (e.g. BOS), the completion without, followed by EOS when
-    `add_eos` and the tokenizer has one. When `max_length` is exceeded the prompt is truncated from the left (the
+    The prompt is tokenized with the tokenizer's special tokens (e.g. BOS), the completion without, followed by EOS
+    when `add_eos` and the tokenizer has one. When `max_length` is exceeded the prompt is truncated from the left (the
     completion is kept); a completion longer than `max_length` is truncated from the right.
 
     Returns:

@@ -50,7 +50,8 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
         path = Path(env).expanduser()
         if not path.is_dir():
             raise ValueError(
-                f"${DATA_DIR_ENV_VAR}={env!r} is not a directory. Fix or unset the variable to use the packaged subset."
+                f"${DATA_DIR_ENV_VAR}={env!r} is not a directory. "
+                "Fix or unset the variable to use the packaged subset."
             )
         return path
     logger.info("No data directory given; using the packaged subset at %s", PACKAGED_DATA_DIR)

@@ -74,7 +74,8 @@ def evaluate_domain_task(
         labels = CLASSIFICATION_LABELS.get(spec.name)
         if labels is None:
             raise ValueError(
-                f"No answer labels known for classification task {spec.name!r}; known: {sorted(CLASSIFICATION_LABELS)}."
+                f"No answer labels known for classification task {spec.name!r}; "
+                f"known: {sorted(CLASSIFICATION_LABELS)}."
             )
         per_run = []
         for outputs in runs:

@@ -302,7 +302,8 @@ def lm_eval_requests(
         limit (`int`, *optional*): First N evaluation documents.
 
     Returns:
-        `dict[str, list[dict]]`: task -> items `{"contexts", "continuations", "gold", "choices", "doc_id"}` in document order.
+        `dict[str, list[dict]]`: task -> items `{"contexts", "continuations", "gold", "choices", "doc_id"}` in document
+        order.
     """
     from lm_eval.tasks import TaskManager, get_task_dict
 

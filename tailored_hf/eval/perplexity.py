@@ -1,8 +1,8 @@
 """Perplexity on WikiText-2 and PTB under two protocols.
 
 (a) LLM-Pruner's token perplexity (`LLMPruner/evaluator/ppl.py::PPLMetric` with `LLMPruner/datasets/ppl_dataset.py`,
-    the same protocol Wanda/SparseGPT use): the evaluation texts are joined with `"\\n\\n"` and tokenized once (with the
-    tokenizer's default special tokens), cut into non-overlapping windows of `seq_len` tokens (the remainder is
+    the same protocol Wanda/SparseGPT use): the evaluation texts are joined with `"\\n\\n"` and tokenized once (with
+    the tokenizer's default special tokens), cut into non-overlapping windows of `seq_len` tokens (the remainder is
     dropped), every window is run on its own, and the perplexity is `exp(mean NLL)` over all predicted tokens
     (`seq_len - 1` per window). WikiText-2 uses the `text` rows of `wikitext-2-raw-v1` test; PTB uses
     `ptb_text_only`'s validation `sentence` column, i.e. each line of `ptb.valid.txt` stripped, joined with

@@ -1,4 +1,5 @@
-"""Helpers for the multi-process tests: worker processes on one thread each, offline, with the repository importable."""
+"""Helpers for the multi-process tests: worker processes on one thread each, offline, with the repository
+importable."""
 
 from __future__ import annotations
 

@@ -13,8 +13,9 @@ from .conftest import DATA_DIR
 
 AGREEMENT_TASKS = ("piqa", "arc_easy", "hellaswag")
 #: First N validation items per task (the brief's 200; the env var allows a quicker local run).
-# CI runs 20 items per task. The 200-item check, `TAILORED_HF_AGREEMENT_LIMIT=200 pytest tests/eval/test_real_model.py
-# -k agreement`, passed on 2026-11-23 (PIQA / ARC-Easy / HellaSwag, 12m42s on one thread).
+# CI runs 20 items per task. The 200-item check,
+# `TAILORED_HF_AGREEMENT_LIMIT=200 pytest tests/eval/test_real_model.py -k agreement`, passed on 2026-11-23
+# (PIQA / ARC-Easy / HellaSwag, 12m42s on one thread).
 AGREEMENT_LIMIT = int(os.environ.get("TAILORED_HF_AGREEMENT_LIMIT", "20"))
 #: Per-item log-likelihood tolerance between our batches and lm-eval's (float summation-order noise).
 LL_TOLERANCE = 1e-3

@@ -78,9 +78,9 @@ def test_masked_forward_equals_pruned_forward(tiny_model, seed, drop_layer):
 
 
 def _soft_mask_step(model, ids, kind: str, reference: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Loss, mask gradient, the first gate_proj's weight gradient and bytes saved for backward (parameters excluded) of one forward with a soft `kind`
-    ("hidden" or "ffn") mask. The reference keeps every intermediate: the masked norms' (hidden) or the FFN
-    product's (ffn), as a plain `x * mask` would."""
+    """Loss, mask gradient, the first gate_proj's weight gradient and bytes saved for backward (parameters excluded) of
+    one forward with a soft `kind` ("hidden" or "ffn") mask. The reference keeps every intermediate: the masked norms'
+    (hidden) or the FFN product's (ffn), as a plain `x * mask` would."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: set[int] = set()
 
@@ -116,8 +116,9 @@ def _soft_mask_step(model, ids, kind: str, reference: bool) -> tuple[torch.Tenso
 
 @pytest.mark.parametrize("kind", ["hidden", "ffn"])
 def test_soft_masks_recompute_instead_of_storing(tiny_model, kind):
-    """Soft hidden masks keep the masked RMSNorms' inputs and a per-token variance only; soft FFN masks keep act(gate) and up (saved by
-    the stock product anyway) instead of their product: same loss and mask gradient, fewer bytes kept."""
+    """Soft hidden masks keep the masked RMSNorms' inputs and a per-token variance only; soft FFN masks keep act(gate)
+    and up (saved by the stock product anyway) instead of their product: same loss and mask gradient, fewer bytes
+    kept."""
     ids = input_batch()
     loss, grad, weight_grad, nbytes = _soft_mask_step(tiny_model, ids, kind, reference=False)
     tiny_model.zero_grad()

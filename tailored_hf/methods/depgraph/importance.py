@@ -331,7 +331,8 @@ def _run_gradient_pass(
 
 
 def normalise(scores: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
-    """Scores divided by the mean of `reference` (default: themselves); all-zero references leave scores as they are."""
+    """Scores divided by the mean of `reference` (default: themselves); all-zero references leave scores as they
+    are."""
     reference = scores if reference is None else reference
     mean = float(reference.double().mean()) if reference.numel() else 0.0
     return scores.double() / mean if mean > 0 and math.isfinite(mean) else scores.double()

@@ -218,9 +218,9 @@ class L0Config(MethodConfig):
             raise ValueError(f"snapshot_interval must be in (0, 1), got {self.snapshot_interval}.")
         if self.distillation == "progressive" and self.snapshot_interval >= self.target_sparsity:
             raise ValueError(
-                f"snapshot_interval={self.snapshot_interval} is not smaller than target_sparsity={self.target_sparsity}: "
-                "no teacher snapshot would ever be taken below the target. Use a smaller snapshot_interval (the paper: "
-                "0.01) or distillation='kd'."
+                f"snapshot_interval={self.snapshot_interval} is not smaller than "
+                f"target_sparsity={self.target_sparsity}: no teacher snapshot would ever be taken below the target. "
+                "Use a smaller snapshot_interval (the paper: 0.01) or distillation='kd'."
             )
         if not 0.0 <= self.teacher_gap < 1.0:
             raise ValueError(f"teacher_gap must be in [0, 1), got {self.teacher_gap}.")

@@ -16,8 +16,8 @@ count `apply_plan` produces (embeddings, norms, biases, tied / untied heads and 
                           + [o bias] H' + 3 H' f_l + [mlp bias] (2 f_l + H') + 2 H' )
     s_hat       = 1 - (n_embed H' + H' + sum_l layer_l) / N_dense
 
-with d_qk / d_v the query-key / value widths per head (both `head_dim` unless head dims were pruned), g_l the layer gate's keep-probability, n_embed = 1 (tied) or 2 (untied) and N_dense the
-dense model's parameter count.
+with d_qk / d_v the query-key / value widths per head (both `head_dim` unless head dims were pruned), g_l the layer
+gate's keep-probability, n_embed = 1 (tied) or 2 (untied) and N_dense the dense model's parameter count.
 """
 
 from __future__ import annotations

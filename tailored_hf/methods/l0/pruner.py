@@ -148,8 +148,8 @@ class L0Pruner(PruningMethod):
         if self.distills and lm is model:
             raise ValueError(
                 f"distillation={cfg.distillation!r} needs a PEFT (LoRA) model: teachers are the frozen base with "
-                "snapshot masks and adapter weights. Wrap the model with `peft.get_peft_model`, pass `peft_config=` to "
-                "SFTTrainer, or use distillation='none'."
+                "snapshot masks and adapter weights. Wrap the model with `peft.get_peft_model`, pass `peft_config=` "
+                "to SFTTrainer, or use distillation='none'."
             )
         if self.distills and not self._params:
             raise ValueError("The model has no trainable (adapter) parameters to co-train with the masks.")
@@ -227,9 +227,10 @@ class L0Pruner(PruningMethod):
         bad = self.masks.non_finite(extra={"lambdas": self.lambdas})
         if bad:
             raise MaskDivergenceError(
-                f"L0 masks diverged at optimizer step {self.step}: non-finite values in {', '.join(bad[:6])}. Training "
-                f"stopped before this step was applied; {self._last_checkpoint_hint()} Lower mask_learning_rate / the "
-                "Trainer's learning_rate, check the data for NaN losses, or use fp32 / bf16 instead of fp16."
+                f"L0 masks diverged at optimizer step {self.step}: non-finite values in {', '.join(bad[:6])}. "
+                f"Training stopped before this step was applied; {self._last_checkpoint_hint()} Lower "
+                "mask_learning_rate / the Trainer's learning_rate, check the data for NaN losses, or use fp32 / bf16 "
+                "instead of fp16."
             )
 
     def on_optimizer_step(self, model: nn.Module, **context: Any) -> None:
