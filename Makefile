@@ -28,6 +28,7 @@ test: venv
 
 lint: venv
 	$(VENV)/bin/ruff check tailored_hf tests benchmarks
+	$(VENV)/bin/ruff format --check tailored_hf tests benchmarks
 
 bench: venv
 	$(PY) benchmarks/run_all.py
