@@ -135,7 +135,7 @@ def add_recovery_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(parser)
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.5])
@@ -162,7 +162,7 @@ def parse_args() -> argparse.Namespace:
         metavar="KEY",
         help="cached cells to drop and measure again (e.g. a no-tune cell after its cached model was rebuilt)",
     )
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 class Bench:
