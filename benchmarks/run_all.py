@@ -597,6 +597,7 @@ def moonshot_section(
     atp: dict[str, Any] | None = None,
     paired: Sequence[dict[str, Any]] = (),
     task_rates: Sequence[dict[str, Any]] = (),
+    rebuilds: Sequence[dict[str, Any]] = (),
 ) -> list[str]:
     lines = ["## 5. The moonshot: share of the dense 7-task mean kept after task-specific recovery", ""]
     if ours is None:
@@ -659,7 +660,35 @@ def moonshot_section(
             f"{100 * NEAR_CHANCE:.0f} points of chance, so a tuned model can beat it there by learning the label "
             "prior alone.",
         ]
+    lines += rebuild_lines(rebuilds)
     return lines + ["", *paired_share_lines(paired), *task_rate_lines(task_rates)]
+
+
+def rebuild_lines(rebuilds: Sequence[dict[str, Any]]) -> list[str]:
+    """`benchmarks/rebuild_check.py`'s results: a cached model's build of today beside the build its cells scored
+    (the distilled rows start from today's build of the "l0" model), no task tune."""
+    if not rebuilds:
+        return []
+    parts = []
+    for data in sorted(rebuilds, key=lambda d: (d["config"], d["ratio"])):
+        rows, tasks = data["rows"], data["tasks"]
+        informative = [t for t in tasks if rows["dense"]["tasks"][t] - CHANCE[t] > NEAR_CHANCE]
+
+        def means(row: dict[str, Any], tasks=tasks, informative=informative) -> str:
+            seven = sum(row["tasks"][t] for t in tasks) / len(tasks)
+            five = sum(row["tasks"][t] for t in informative) / len(informative)
+            return f"{pct(seven)} / {pct(five)} / {row['wikitext2_ppl']:.1f}"
+
+        parts.append(
+            f"`{data['config']}` at {data['ratio']:.0%}: {means(rows['rebuilt'])} (the cells: {means(rows['cached'])})"
+        )
+    return [
+        "",
+        "Rebuilt models: a cached model rebuilt on another machine is not bit-identical (CPU training), and the "
+        'distilled rows start from the "l0" model as rebuilt on the machine that distilled it, not from the build '
+        'the "l0" rows scored. That build, scored the same way without a task tune (7-task mean / informative '
+        f"tasks / WikiText-2; `benchmarks/rebuild_check.py`): {'; '.join(parts)}.",
+    ]
 
 
 def share_status(share: float, share_informative: float | None, target: float, without: str) -> str:
@@ -780,7 +809,16 @@ def gpu_section(
 
 
 def render(
-    perf, overhead, ours, peer, nuteprune=None, atp=None, gpu=(None, None, None), paired=(), task_rates=()
+    perf,
+    overhead,
+    ours,
+    peer,
+    nuteprune=None,
+    atp=None,
+    gpu=(None, None, None),
+    paired=(),
+    task_rates=(),
+    rebuilds=(),
 ) -> str:
     lines = [
         "# tailored_hf performance report (issue 9)",
@@ -794,7 +832,7 @@ def render(
     lines += overhead_section(overhead, nuteprune)
     lines += inference_section(perf)
     lines += peer_section(ours, peer, paired)
-    lines += moonshot_section(ours, nuteprune, atp, paired, task_rates)
+    lines += moonshot_section(ours, nuteprune, atp, paired, task_rates, rebuilds)
     lines += gpu_section(*gpu)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -815,6 +853,7 @@ def main() -> None:
         (load("performance_h200"), load("training_overhead_h200"), load("nuteprune_h200")),
         [load(path.stem) for path in sorted(RESULTS_DIR.glob("paired_comparison_*.json"))],
         [load(path.stem) for path in sorted(RESULTS_DIR.glob("task_lora_lr_*.json"))],
+        [load(path.stem) for path in sorted(RESULTS_DIR.glob("rebuild_check_*.json"))],
     )
     REPORT.write_text(text)
     print(text)
