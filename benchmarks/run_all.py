@@ -665,23 +665,23 @@ def moonshot_section(
 
 
 def rebuild_lines(rebuilds: Sequence[dict[str, Any]]) -> list[str]:
-    """`benchmarks/rebuild_check.py`'s results: a cached model's build of today beside the build its cells scored
-    (the distilled rows start from today's build of the "l0" model), no task tune."""
+    """`benchmarks/rebuild_check.py`'s results: the build of a cached model found now beside the build its cells
+    scored (the distilled rows start from the build of the "l0" model found when they were made), no task tune."""
     if not rebuilds:
         return []
-    parts = []
-    for data in sorted(rebuilds, key=lambda d: (d["config"], d["ratio"])):
-        rows, tasks = data["rows"], data["tasks"]
-        informative = [t for t in tasks if rows["dense"]["tasks"][t] - CHANCE[t] > NEAR_CHANCE]
 
-        def means(row: dict[str, Any], tasks=tasks, informative=informative) -> str:
-            seven = sum(row["tasks"][t] for t in tasks) / len(tasks)
-            five = sum(row["tasks"][t] for t in informative) / len(informative)
-            return f"{pct(seven)} / {pct(five)} / {row['wikitext2_ppl']:.1f}"
+    def means(row: dict[str, Any], data: dict[str, Any]) -> str:
+        tasks, dense = data["tasks"], data["rows"]["dense"]["tasks"]
+        informative = [t for t in tasks if dense[t] - CHANCE[t] > NEAR_CHANCE]
+        seven = sum(row["tasks"][t] for t in tasks) / len(tasks)
+        five = sum(row["tasks"][t] for t in informative) / len(informative)
+        return f"{pct(seven)} / {pct(five)} / {row['wikitext2_ppl']:.1f}"
 
-        parts.append(
-            f"`{data['config']}` at {data['ratio']:.0%}: {means(rows['rebuilt'])} (the cells: {means(rows['cached'])})"
-        )
+    parts = [
+        f"`{d['config']}` at {d['ratio']:.0%}: {means(d['rows']['rebuilt'], d)} (the cells: "
+        f"{means(d['rows']['cached'], d)})"
+        for d in sorted(rebuilds, key=lambda d: (d["config"], d["ratio"]))
+    ]
     return [
         "",
         "Rebuilt models: a cached model rebuilt on another machine is not bit-identical (CPU training), and the "
