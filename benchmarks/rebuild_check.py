@@ -39,15 +39,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def render(data: dict[str, Any]) -> str:
-    tasks, rows = data["tasks"], data["rows"]
-    informative = [t for t in tasks if rows["dense"]["tasks"][t] - CHANCE[t] > NEAR_CHANCE]  # as run_all.py
+def informative_tasks(data: dict[str, Any]) -> list[str]:
+    """The tasks where the dense model scores more than `NEAR_CHANCE` above chance (`run_all.py`'s rule)."""
+    dense = data["rows"]["dense"]["tasks"]
+    return [t for t in data["tasks"] if dense[t] - CHANCE[t] > NEAR_CHANCE]
 
-    def line(label: str, row: dict[str, Any]) -> str:
-        scores = [row["tasks"][t] for t in tasks]
-        mean, five = sum(scores) / len(scores), sum(row["tasks"][t] for t in informative) / len(informative)
-        cells = " | ".join(f"{100 * s:.1f}" for s in scores)
-        return f"| {label} | {cells} | {100 * mean:.1f} | {100 * five:.1f} | {row['wikitext2_ppl']:.1f} |"
+
+def row_means(data: dict[str, Any], row: str) -> tuple[float, float]:
+    """Row `row`'s mean over all tasks and over the informative ones."""
+    scores, informative = data["rows"][row]["tasks"], informative_tasks(data)
+    return sum(scores.values()) / len(scores), sum(scores[t] for t in informative) / len(informative)
+
+
+def render(data: dict[str, Any]) -> str:
+    tasks, rows, informative = data["tasks"], data["rows"], informative_tasks(data)
+
+    def line(label: str, row: str) -> str:
+        mean, five = row_means(data, row)
+        cells = " | ".join(f"{100 * rows[row]['tasks'][t]:.1f}" for t in tasks)
+        return f"| {label} | {cells} | {100 * mean:.1f} | {100 * five:.1f} | {rows[row]['wikitext2_ppl']:.1f} |"
 
     return "\n".join(
         [
@@ -60,9 +70,9 @@ def render(data: dict[str, Any]) -> str:
             "",
             f"| model | {' | '.join(tasks)} | mean | informative mean | WikiText-2 ppl |",
             "|---|" + "---|" * (len(tasks) + 3),
-            line("dense (cached cell)", rows["dense"]),
-            line("cached cell", rows["cached"]),
-            line("build cached now", rows["rebuilt"]),
+            line("dense (cached cell)", "dense"),
+            line("cached cell", "cached"),
+            line("build cached now", "rebuilt"),
             "",
             f"Reproduce: `.venv/bin/python benchmarks/rebuild_check.py --config {data['config']} --ratio "
             f"{data['ratio']:g}`.",

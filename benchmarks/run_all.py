@@ -29,6 +29,7 @@ from typing import Any
 
 from common import L0_DEFAULT_CONSTRAINT, MOONSHOT_TARGETS, RESULTS_DIR, ROOT
 from performance import spread
+from rebuild_check import row_means
 from tailored_llama import (
     C4_BUDGET_CONFIGS,
     CHANCE,
@@ -670,16 +671,12 @@ def rebuild_lines(rebuilds: Sequence[dict[str, Any]]) -> list[str]:
     if not rebuilds:
         return []
 
-    def means(row: dict[str, Any], data: dict[str, Any]) -> str:
-        tasks, dense = data["tasks"], data["rows"]["dense"]["tasks"]
-        informative = [t for t in tasks if dense[t] - CHANCE[t] > NEAR_CHANCE]
-        seven = sum(row["tasks"][t] for t in tasks) / len(tasks)
-        five = sum(row["tasks"][t] for t in informative) / len(informative)
-        return f"{pct(seven)} / {pct(five)} / {row['wikitext2_ppl']:.1f}"
+    def means(data: dict[str, Any], row: str) -> str:
+        seven, informative = row_means(data, row)
+        return f"{pct(seven)} / {pct(informative)} / {data['rows'][row]['wikitext2_ppl']:.1f}"
 
     parts = [
-        f"`{d['config']}` at {d['ratio']:.0%}: {means(d['rows']['rebuilt'], d)} (the cells: "
-        f"{means(d['rows']['cached'], d)})"
+        f"`{d['config']}` at {d['ratio']:.0%}: {means(d, 'rebuilt')} (the cells: {means(d, 'cached')})"
         for d in sorted(rebuilds, key=lambda d: (d["config"], d["ratio"]))
     ]
     return [
