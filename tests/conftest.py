@@ -109,6 +109,25 @@ def tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", eos_token="[EOS]", unk_token="[UNK]")
 
 
+BPE_SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>"]
+
+
+def train_bpe_tokenizer(texts: list[str], vocab_size: int = 600):
+    """A byte-level BPE (GPT-2 / LLaMA-3 / SmolLM style) trained on `texts`, with EOS and pad special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=BPE_SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(texts, trainer)
+    eos, pad = BPE_SPECIAL_TOKENS
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=pad)
+
+
 def token_rows(n: int = 16, length: int = 10, seed: int = 0):
     """Pre-tokenised causal-LM rows (labels = input ids) for a plain `Trainer`."""
     from datasets import Dataset

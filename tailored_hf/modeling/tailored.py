@@ -406,6 +406,7 @@ def pruned_config(config: PretrainedConfig, geometry: ModelGeometry, kept_layers
         data["layer_types"] = [layer_types[i] for i in kept_layers]
     data.update(
         hidden_size=geometry.hidden_size,
+        vocab_size=geometry.vocab_size,
         num_hidden_layers=geometry.num_layers,
         head_dim=geometry.layers[0].head_dim,
         num_attention_heads=max(layer.num_heads for layer in geometry.layers),

@@ -74,6 +74,10 @@ class PruningPlan:
         hidden (`list[int]`): kept hidden (residual-stream) channels, shared by every layer.
         removed_layers (`list[int]`): whole decoder layers to drop.
         metadata (`dict`): free-form record (method, target, achieved sparsity, library version, ...).
+        tokens (`list[int]`, *optional*): kept vocabulary rows (token ids of the source model, sorted): rows of the
+            embedding and the LM head, for a model tailored to a task's text (see
+            `tailored_hf.structure.vocabulary`); the tokenizer is trimmed to match with `trim_tokenizer`. `None`
+            keeps the whole vocabulary.
     """
 
     source: ModelGeometry
@@ -81,6 +85,7 @@ class PruningPlan:
     hidden: list[int]
     removed_layers: list[int] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    tokens: list[int] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -196,7 +201,13 @@ class PruningPlan:
                     rotary_indices=rotary,
                 )
             )
-        return replace(self.source, hidden_size=len(self.hidden), layers=tuple(layers))
+        vocab = self.source.vocab_size if self.tokens is None else len(self.tokens)
+        return replace(self.source, hidden_size=len(self.hidden), vocab_size=vocab, layers=tuple(layers))
+
+    @property
+    def prunes_vocabulary(self) -> bool:
+        """Whether the plan drops vocabulary rows."""
+        return self.tokens is not None and len(self.tokens) != self.source.vocab_size
 
     def num_parameters(self) -> dict[str, int | float]:
         """`{"dense", "pruned", "removed", "sparsity"}` counted from the geometry (exact for the sliced model)."""
@@ -257,6 +268,8 @@ class PruningPlan:
         if len(self.layers) != src.num_layers:
             raise PlanError(f"The plan lists {len(self.layers)} layers but the model has {src.num_layers}.")
         _check_indices(self.hidden, src.hidden_size, "hidden")
+        if self.tokens is not None:
+            _check_indices(self.tokens, src.vocab_size, "tokens")
         _check_indices(self.removed_layers, src.num_layers, "removed_layers", allow_empty=True)
         if len(self.removed_layers) >= src.num_layers:
             raise PlanError("The plan removes every decoder layer; keep at least one.")
@@ -281,6 +294,7 @@ class PruningPlan:
             "hidden": list(self.hidden),
             "removed_layers": list(self.removed_layers),
             "layers": [lp.to_dict() for lp in self.layers],
+            **({} if self.tokens is None else {"tokens": list(self.tokens)}),
             "summary": {"parameters": self.num_parameters(), "per_layer": self.per_layer_sizes()},
             "metadata": self.metadata,
         }
@@ -298,6 +312,7 @@ class PruningPlan:
             hidden=list(data["hidden"]),
             removed_layers=list(data.get("removed_layers", [])),
             metadata=dict(data.get("metadata", {})),
+            tokens=None if data.get("tokens") is None else list(data["tokens"]),
         )
 
     def to_json(self) -> str:

@@ -22,6 +22,7 @@ from torch import nn
 from .. import arch as A
 from .geometry import LayerGeometry, ModelGeometry
 from .plan import LayerPlan, PlanError, PruningPlan
+from .vocabulary import new_token_id, remap_special_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class _Replacement:
     old: nn.Parameter
     new: nn.Parameter
     slices: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    intermediates: list[nn.Parameter] = field(default_factory=list)
 
 
 class _Slicer:
@@ -51,10 +53,11 @@ class _Slicer:
         new = nn.Parameter(old.data.index_select(dim, index.to(old.device)).clone(), requires_grad=old.requires_grad)
         setattr(owner, name, new)
         if base is None:
-            self.replacements[id(old)] = _Replacement(old, new, [(dim, index)])
-        else:  # the same tensor sliced twice (e.g. rows then columns)
+            base = self.replacements[id(old)] = _Replacement(old, new, [(dim, index)])
+        else:  # sliced again (rows then columns; hidden then vocabulary): one replacement of the original
             base.new, base.slices = new, [*base.slices, (dim, index)]
-            self.replacements[id(new)] = base
+            base.intermediates.append(old)  # alive, so that its id is not reused while it is a key here
+        self.replacements[id(new)] = base
 
     def linear(self, module: nn.Module, out_index: torch.Tensor | None, in_index: torch.Tensor | None) -> None:
         """Slice an `nn.Linear` or a PEFT LoRA layer wrapping one (base weight, bias, lora_A / lora_B)."""
@@ -167,6 +170,9 @@ def apply_plan(
     if plan.removed_layers:
         _drop_layers(lm, arch, plan.kept_layers)
 
+    if plan.prunes_vocabulary:
+        _prune_vocabulary(slicer, lm, _index(plan.tokens))
+
     if optimizer is not None:
         _remap_optimizer(optimizer, slicer.replacements.values())
 
@@ -175,6 +181,10 @@ def apply_plan(
     if config_format not in ("auto", "stock", "tailored"):
         raise ValueError(f"config_format must be 'auto', 'stock' or 'tailored', got {config_format!r}.")
     new_config = pruned_config(lm.config, new_geometry, plan.kept_layers, stock=stock)
+    if plan.prunes_vocabulary:
+        remap_special_token_ids(new_config, plan.tokens)
+        if getattr(lm, "generation_config", None) is not None:
+            remap_special_token_ids(lm.generation_config, plan.tokens)
     new_config._attn_implementation = lm.config._attn_implementation
     _swap_config(lm, new_config)
     _set_family_classes(lm, FAMILIES[arch.model_type], tailored=type(new_config) is FAMILIES[arch.model_type].config)
@@ -238,6 +248,26 @@ def _set_attention_head_dims(lm: nn.Module, arch: A.ArchSpec, geometry: ModelGeo
             set_attention_head_dims(attn, arch.model_type, geo)
 
 
+def _prune_vocabulary(slicer: _Slicer, lm: nn.Module, tokens: torch.Tensor) -> None:
+    """Keep the rows of `tokens` in the input embedding and the LM head (re-tied when tied)."""
+    embed = A.embedding(lm)
+    base = getattr(embed, "base_layer", embed)
+    if not isinstance(base, nn.Embedding):
+        raise A.UnsupportedArchitectureError(f"Cannot prune the vocabulary of a {type(base).__name__} embedding.")
+    slicer.param(base, "weight", 0, tokens)
+    base.num_embeddings = tokens.numel()
+    if base.padding_idx is not None:
+        base.padding_idx = new_token_id(tokens.tolist(), base.padding_idx)
+    for name, lora_a in list(getattr(embed, "lora_embedding_A", {}).items()):
+        embed.lora_embedding_A[name] = slicer._sliced_standalone(lora_a, 1, tokens)
+    if A.is_tied(lm):
+        _retie(lm)
+        head = getattr(A.lm_head(lm), "base_layer", A.lm_head(lm))
+        head.out_features = tokens.numel()
+    else:
+        slicer.linear(A.lm_head(lm), tokens, None)
+
+
 def _retie(lm: nn.Module) -> None:
     head, embed = A.lm_head(lm), A.embedding(lm)
     head_base = getattr(head, "base_layer", head)
@@ -292,7 +322,7 @@ def _swap_config(lm: nn.Module, new_config) -> None:
 
 
 def _remap_optimizer(optimizer: torch.optim.Optimizer, replacements) -> None:
-    by_old = {id(r.old): r for r in replacements}
+    by_old = {id(r.old): r for r in replacements}  # a parameter sliced twice is listed under both of its ids
     for group in optimizer.param_groups:
         for i, param in enumerate(group["params"]):
             replacement = by_old.get(id(param))
@@ -335,6 +365,7 @@ def compose_plans(first: PruningPlan, second: PruningPlan) -> PruningPlan:
         hidden=[first.hidden[j] for j in second.hidden],
         removed_layers=sorted(removed),
         metadata=metadata,
+        tokens=_compose_optional(first.tokens, second.tokens),
     )
 
 
