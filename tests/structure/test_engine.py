@@ -540,3 +540,25 @@ def test_mask_products_overwrite_fresh_intermediates_only():
     out = _SupportedChannelMask.apply(leaf, mask, torch.arange(8))
     assert out.untyped_storage().data_ptr() != leaf.untyped_storage().data_ptr()
     torch.testing.assert_close(leaf.detach(), before, atol=0, rtol=0)
+
+
+def test_full_training_optimizer_follows_tensors_sliced_twice():
+    """With hidden channels pruned, `q_proj` loses rows (heads) and columns (hidden) in one plan: the optimizer must
+    hold every final parameter (not the copy made between the two slices) with state of its final shape."""
+    model = make_tiny_model("llama")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ids = input_batch()
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    plan = PruningPlan.dense(model)
+    plan.hidden = plan.hidden[::2]
+    plan.layers[0].heads, plan.layers[0].kv_heads = [0, 1, 2], [0]
+    plan.layers[1].ffn = plan.layers[1].ffn[::2]
+    apply_plan(model, plan, optimizer=optimizer)
+    held = [p for group in optimizer.param_groups for p in group["params"]]
+    assert {id(p) for p in held} == {id(p) for p in model.parameters()}
+    for param in model.parameters():
+        assert optimizer.state[param]["exp_avg"].shape == param.shape
+    optimizer.zero_grad()
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
