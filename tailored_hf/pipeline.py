@@ -16,6 +16,12 @@ With `teacher_kd_steps > 0` (methods that prune before training), the pruned mod
 model on general text or on the task's train rows without labels (`tailored_hf.distillation`), and the report gains a
 "pruned + dense-teacher KD, no tune" row.
 
+With `task_vocabulary` set, the vocabulary is trimmed to the task after the dense evaluation
+(`tailored_hf.structure.vocabulary`: the tokens that cover that share of the task's train text, their embedding and
+LM-head rows, and the tokenizer), and the method removes the rest of `target_sparsity`, which still counts the dense
+model's parameters. Perplexities after trimming are not reported: another tokenizer's per-token perplexity is not
+comparable with the dense model's.
+
 Resuming (`resume=True`): the first run records the pre-training stages (evaluations, selected prompt) and the
 pruning plan under `OUTPUT/trainer/`; a resumed run re-applies that plan to the freshly loaded dense model (no
 re-pruning), or reloads the distilled model saved under `OUTPUT/trainer/distilled/`, and continues from the last
@@ -131,6 +137,14 @@ class PipelineConfig:
     teacher_kd_seq_len: int = field(default=256, metadata={"help": "Tokens per distillation window."})
     teacher_kd_batch_size: int = field(default=8, metadata={"help": "Distillation windows per step."})
     teacher_kd_learning_rate: float = field(default=1e-4, metadata={"help": "Distillation learning rate (AdamW)."})
+    task_vocabulary: float | None = field(
+        default=None,
+        metadata={
+            "help": "Trim the vocabulary to the task before pruning: keep the tokens that cover this share of the "
+            "task's train text (1.0: every token it uses), with the tokenizer; the method removes the rest of "
+            "target_sparsity. None keeps the whole vocabulary."
+        },
+    )
     resume: bool = field(
         default=False,
         metadata={"help": "Continue from the last Trainer checkpoint in OUTPUT/trainer (re-applies the saved plan)."},
@@ -150,6 +164,10 @@ class PipelineConfig:
                 "pipeline's name for per_device_train_batch_size)."
             )
         self.method_config()  # validates method_kwargs early
+        if self.task_vocabulary is not None and not 0.0 < self.task_vocabulary <= 1.0:
+            raise ValueError(
+                f"task_vocabulary must be a share of the task's tokens in (0, 1], got {self.task_vocabulary}."
+            )
         if self.teacher_kd_steps < 0:
             raise ValueError(f"teacher_kd_steps must be >= 0, got {self.teacher_kd_steps}.")
         for name in ("teacher_kd_seq_len", "teacher_kd_batch_size", "teacher_kd_learning_rate"):
@@ -172,8 +190,9 @@ class PipelineConfig:
         """The multiple-choice task that is evaluated (`eval_task`, else `task`)."""
         return self.eval_task or self.task
 
-    def method_config(self) -> MethodConfig:
-        """The method's config dataclass: `target_sparsity` and `seed` from here, then `method_kwargs`."""
+    def method_config(self, target_sparsity: float | None = None) -> MethodConfig:
+        """The method's config dataclass: `target_sparsity` (or the one given) and `seed` from here, then
+        `method_kwargs`."""
         config_class = METHOD_REGISTRY[self.method].config_class
         names = {f.name for f in fields(config_class)}
         unknown = [k for k in self.method_kwargs if k not in names]
@@ -183,7 +202,8 @@ class PipelineConfig:
             raise ValueError(
                 f"{config_class.__name__} has no field {unknown[0]!r}.{hint} Valid fields: {sorted(names)}."
             )
-        kwargs = {k: v for k, v in (("target_sparsity", self.target_sparsity), ("seed", self.seed)) if k in names}
+        target = self.target_sparsity if target_sparsity is None else target_sparsity
+        kwargs = {k: v for k, v in (("target_sparsity", target), ("seed", self.seed)) if k in names}
         kwargs.update(self.method_kwargs)
         return config_class(**kwargs)
 
@@ -224,8 +244,11 @@ def evaluation_and_train_splits(cfg: PipelineConfig) -> tuple[Any, Any]:
     return rows.select(range(held_out)), train_split
 
 
-def evaluate_model(model, tokenizer, cfg: PipelineConfig, validation, prompt: str = "lm_eval") -> dict[str, Any]:
-    """Task accuracy (lm-eval protocol) on the validation slice and WikiText-2 perplexity."""
+def evaluate_model(
+    model, tokenizer, cfg: PipelineConfig, validation, prompt: str = "lm_eval", perplexity: bool = True
+) -> dict[str, Any]:
+    """Task accuracy (lm-eval protocol) on the validation slice and WikiText-2 perplexity (`None` unless
+    `perplexity`)."""
     from .data import load_lm_text
     from .eval.multiple_choice import score_multiple_choice
     from .eval.perplexity import token_perplexity
@@ -235,8 +258,10 @@ def evaluate_model(model, tokenizer, cfg: PipelineConfig, validation, prompt: st
     items = map_for_scoring(validation, cfg.scored_task, prompt=prompt, tokenizer=tokenizer)
     result = score_multiple_choice(model, tokenizer, items, batch_size=16, packed=True)
     scored = time.perf_counter()
-    stream = tokenizer(load_lm_text("wikitext2", data_dir=cfg.data_dir), return_tensors="pt").input_ids[0]
-    ppl = token_perplexity(model, stream, max_windows=cfg.ppl_windows).perplexity
+    ppl = None
+    if perplexity:
+        stream = tokenizer(load_lm_text("wikitext2", data_dir=cfg.data_dir), return_tensors="pt").input_ids[0]
+        ppl = token_perplexity(model, stream, max_windows=cfg.ppl_windows).perplexity
     return {
         "task": cfg.scored_task,
         "prompt": prompt,
@@ -248,9 +273,33 @@ def evaluate_model(model, tokenizer, cfg: PipelineConfig, validation, prompt: st
     }
 
 
-def prune_model(model, tokenizer, cfg: PipelineConfig) -> PruningPlan:
-    """Prune with a method that prunes before training (see `prunes_before_training`); returns the plan."""
-    method_config = cfg.method_config()
+def trim_to_task_vocabulary(model, tokenizer, cfg: PipelineConfig, train_split):
+    """`cfg.task_vocabulary`: the model and tokenizer trimmed to the tokens of the task's train text (every choice of
+    every row, in the scored format); returns `(model, tokenizer, target)`, `target` being the share of the trimmed
+    model that the method must remove for `cfg.target_sparsity` of the dense model's parameters."""
+    from .data import label_free_texts
+    from .structure.vocabulary import select_tokens, trim_vocabulary
+
+    dense = count_parameters(model)
+    tokens = select_tokens(tokenizer, label_free_texts(train_split, cfg.task), coverage=cfg.task_vocabulary)
+    model, tokenizer = trim_vocabulary(model, tokenizer, tokens)
+    trimmed = count_parameters(model)
+    target = (cfg.target_sparsity * dense - (dense - trimmed)) / trimmed
+    logger.info(
+        "Task vocabulary: %d tokens kept, %.1f%% of the parameters removed", len(tokens), 100 * (1 - trimmed / dense)
+    )
+    if target <= 0:
+        raise ValueError(
+            f"The task vocabulary alone removes {1 - trimmed / dense:.1%} of the parameters, at least target_sparsity="
+            f"{cfg.target_sparsity}: raise target_sparsity or task_vocabulary."
+        )
+    return model, tokenizer, target
+
+
+def prune_model(model, tokenizer, cfg: PipelineConfig, target_sparsity: float | None = None) -> PruningPlan:
+    """Prune with a method that prunes before training (see `prunes_before_training`); returns the plan (relative to
+    the model given; `target_sparsity` replaces `cfg.target_sparsity`)."""
+    method_config = cfg.method_config(target_sparsity)
     if cfg.method == "magnitude":
         from .structure.simple import magnitude_plan
 
@@ -315,11 +364,19 @@ def training_arguments(cfg: PipelineConfig, output_dir: Path):
 
 
 def recover(
-    model, tokenizer, shots, cfg: PipelineConfig, prompt: str, output_dir: Path, resume_from: str | None = None
+    model,
+    tokenizer,
+    shots,
+    cfg: PipelineConfig,
+    prompt: str,
+    output_dir: Path,
+    resume_from: str | None = None,
+    target_sparsity: float | None = None,
 ):
     """K-shot task-specific LoRA recovery with TRL's SFTTrainer (completion-only loss).
 
-    Methods that prune during training run here, as `callbacks=[PrunerCallback(cfg.method_config())]`.
+    Methods that prune during training run here, as `callbacks=[PrunerCallback(cfg.method_config())]`
+    (`target_sparsity` replaces `cfg.target_sparsity`).
     """
     from peft import LoraConfig
     from trl import SFTTrainer
@@ -337,7 +394,7 @@ def recover(
     if not cfg.prunes_before_training:
         from .callback import PrunerCallback
 
-        method_config = cfg.method_config()
+        method_config = cfg.method_config(target_sparsity)
         callbacks.append(PrunerCallback(method_config, calibration=method_calibration(method_config, tokenizer, cfg)))
     trainer = SFTTrainer(
         model=model,
@@ -471,9 +528,18 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         )
         params_dense = saved["params_dense"]
         distilled, teacher_kd = saved.get("distilled_no_tune"), saved.get("teacher_kd")
-        if saved.get("plan") is not None:
+        structural_target = saved.get("structural_target")
+        if saved.get("plan") is not None:  # relative to the dense model: the vocabulary rows included
             plan = PruningPlan.from_dict(saved["plan"])
             apply_plan(model, plan)
+            if plan.tokens is not None:
+                from .structure.vocabulary import trim_tokenizer
+
+                tokenizer = trim_tokenizer(tokenizer, plan.tokens)
+        elif saved.get("tokens") is not None:  # a method that prunes during training, on the task vocabulary
+            from .structure.vocabulary import trim_vocabulary
+
+            model, tokenizer = trim_vocabulary(model, tokenizer, saved["tokens"])
         if teacher_kd is not None:  # the distilled weights, saved before recovery started
             from transformers import AutoModelForCausalLM
 
@@ -489,13 +555,20 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
 
         stage("prune")
         pruned = distilled = teacher_kd = None
+        structural_target = None
+        if cfg.task_vocabulary is not None:
+            t = time.perf_counter()
+            model, tokenizer, structural_target = trim_to_task_vocabulary(model, tokenizer, cfg, train_split)
+            timings["task_vocabulary"] = time.perf_counter() - t
+        ppl = cfg.task_vocabulary is None  # another tokenizer's per-token perplexity is not comparable
         if cfg.prunes_before_training:
             teacher = copy.deepcopy(model) if cfg.teacher_kd_steps else None
             t = time.perf_counter()
-            plan = prune_model(model, tokenizer, cfg)
+            prune_model(model, tokenizer, cfg, structural_target)
+            plan = getattr(model, PLAN_ATTRIBUTE)  # relative to the dense model (composed with the vocabulary's)
             timings["prune"] = time.perf_counter() - t
             t = time.perf_counter()
-            pruned = evaluate_model(model, tokenizer, cfg, validation)
+            pruned = evaluate_model(model, tokenizer, cfg, validation, perplexity=ppl)
             timings["eval_pruned"] = time.perf_counter() - t
             if teacher is not None:
                 stage("teacher KD")
@@ -504,7 +577,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
                 del teacher
                 timings["teacher_kd"] = time.perf_counter() - t
                 t = time.perf_counter()
-                distilled = evaluate_model(model, tokenizer, cfg, validation)
+                distilled = evaluate_model(model, tokenizer, cfg, validation, perplexity=ppl)
                 timings["eval_distilled"] = time.perf_counter() - t
                 save_pruned(model, trainer_dir / DISTILLED_DIRNAME, plan=plan)  # what a resumed run recovers from
         stages.update()
@@ -529,13 +602,17 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             "selection_table": selection_table,
             "params_dense": params_dense,
             "plan": plan.to_dict() if plan is not None else None,
+            "tokens": getattr(getattr(model, PLAN_ATTRIBUTE, None), "tokens", None),
+            "structural_target": structural_target,
             "timings": timings,
         }
         atomic_write_text(state_path, json.dumps(state))
 
     stage("recovery")
     t = time.perf_counter()
-    tuned_model, train_stats = recover(model, tokenizer, shots, cfg, prompt, output_dir, resume_from=resume_from)
+    tuned_model, train_stats = recover(
+        model, tokenizer, shots, cfg, prompt, output_dir, resume_from=resume_from, target_sparsity=structural_target
+    )
     timings["recovery"] = time.perf_counter() - t
     from . import arch as A
 
@@ -548,10 +625,11 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
 
     stage("final eval")
     t = time.perf_counter()
-    tuned = evaluate_model(tuned_model, tokenizer, cfg, validation)
+    ppl = cfg.task_vocabulary is None
+    tuned = evaluate_model(tuned_model, tokenizer, cfg, validation, perplexity=ppl)
     tuned_same_prompt = None
     if prompt != "lm_eval":
-        tuned_same_prompt = evaluate_model(tuned_model, tokenizer, cfg, validation, prompt=prompt)
+        tuned_same_prompt = evaluate_model(tuned_model, tokenizer, cfg, validation, prompt=prompt, perplexity=ppl)
     timings["eval_tuned"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -595,6 +673,16 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         "prompt_selection": {"selected": prompt, "table": selection_table},
         "training": {**train_stats, "resumed_from": resume_from},
         "teacher_kd": teacher_kd,
+        "task_vocabulary": None
+        if plan.tokens is None
+        else {
+            "kept": len(plan.tokens),
+            "source": plan.source.vocab_size,
+            "removed_share": (plan.source.vocab_size - len(plan.tokens))
+            * plan.source.hidden_size
+            * (1 if plan.source.tied_embeddings else 2)
+            / params_dense,
+        },
         "timings_s": timings,
         "perplexity": {
             "wikitext2": {
@@ -629,6 +717,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     def recovery(acc: float) -> str:
         return f"{acc / dense_acc:.3f}" if dense_acc else "-"
 
+    def ppl(row: dict[str, Any]) -> str:
+        return "n/a (task vocabulary)" if row["wikitext2_ppl"] is None else f"{row['wikitext2_ppl']:.2f}"
+
     rows = [("dense", "dense"), ("pruned, no tune", "pruned_no_tune"), ("pruned + task LoRA", "tuned")]
     if report.get("distilled_no_tune"):
         rows.insert(2, ("pruned + dense-teacher KD, no tune", "distilled_no_tune"))
@@ -637,17 +728,22 @@ def render_markdown(report: dict[str, Any]) -> str:
         if row is None:  # the method pruned during training: there is no pruned-but-untuned model
             lines.append(f"| {label} | - | - | - | - |")
             continue
-        lines.append(
-            f"| {label} | {row['acc']:.4f} | {row['acc_norm']:.4f} | {recovery(row['acc'])} | "
-            f"{row['wikitext2_ppl']:.2f} |"
-        )
+        lines.append(f"| {label} | {row['acc']:.4f} | {row['acc_norm']:.4f} | {recovery(row['acc'])} | {ppl(row)} |")
     if report.get("tuned_selected_prompt"):
         row = report["tuned_selected_prompt"]
         lines.append(
             f"| pruned + task LoRA, scored with `{row['prompt']}` | {row['acc']:.4f} | {row['acc_norm']:.4f} | "
-            f"{recovery(row['acc'])} | {row['wikitext2_ppl']:.2f} |"
+            f"{recovery(row['acc'])} | {ppl(row)} |"
         )
     lines += ["", f"Selected prompt: `{report['prompt_selection']['selected']}`", ""]
+    if report.get("task_vocabulary"):
+        vocabulary = report["task_vocabulary"]
+        lines += [
+            f"Task vocabulary: {vocabulary['kept']:,} of {vocabulary['source']:,} tokens kept (those covering "
+            f"{cfg['task_vocabulary']:.1%} of the task's train text), {vocabulary['removed_share']:.1%} of the "
+            "parameters; the method removed the rest. The tokenizer is trimmed with the model.",
+            "",
+        ]
     if report["prompt_selection"]["table"]:
         lines += ["| prompt | dev acc | dev acc_norm |", "|---|---|---|"]
         lines += [

@@ -21,7 +21,7 @@ from tailored_hf.pipeline import PipelineConfig, run
 from tailored_hf.structure import PLAN_FILENAME, PruningPlan, apply_plan, count_parameters
 from tailored_hf.structure.simple import magnitude_plan
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, make_tiny_model, train_bpe_tokenizer
 from .hub.conftest import TINY_OVERRIDES, save_tiny_base
 
 BOOLQ_20 = REPO_ROOT / "recipes" / "tailored-llama" / "boolq-20.yaml"
@@ -298,3 +298,80 @@ def test_tasks_with_a_train_split_only_hold_evaluation_rows_out(shared_data_dir)
     assert len(evaluation) == 50 and len(train) == 500
     with pytest.raises(ValueError, match="no local split 'validation'"):
         evaluation_and_train_splits(PipelineConfig(task="pubmedqa", eval_split="validation", prompt="lm_eval"))
+
+
+@pytest.fixture(scope="module")
+def tiny_bpe_base(tmp_path_factory):
+    """A tiny random llama with a byte-level BPE tokenizer (trained on ARC-Easy text), saved as a local base."""
+    from tailored_hf.data import label_free_texts, load_task_split
+
+    path = tmp_path_factory.mktemp("bpe-base") / "tiny"
+    tokenizer = train_bpe_tokenizer(label_free_texts(load_task_split("arc_easy", "train"), "arc_easy"))
+    model = make_tiny_model("llama", vocab_size=len(tokenizer), num_hidden_layers=4, max_position_embeddings=256)
+    model.config.eos_token_id, model.config.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_task_vocabulary_trims_before_pruning_and_resumes(tiny_bpe_base, tmp_path, capsys):
+    """`task_vocabulary`: the tokenizer and the embedding keep the task's tokens, the method removes the rest of the
+    target (which still counts the dense model), the saved plan and tokenizer agree, a resumed run rebuilds both."""
+    from tailored_hf import load_model
+
+    out = tmp_path / "out"
+    overrides = [f"model={tiny_bpe_base}", *TINY_OVERRIDES, "task=piqa", "prompt=lm_eval", "target_sparsity=0.3"]
+    argv = ["run", str(BOOLQ_20), "--output-dir", str(out), "--quiet", *_set(*overrides, "task_vocabulary=0.9")]
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    vocabulary = report["task_vocabulary"]
+    assert vocabulary["source"] == 600 and 256 < vocabulary["kept"] < 600 and vocabulary["removed_share"] > 0
+    assert report["achieved_sparsity"] == pytest.approx(0.3, abs=0.05)
+    assert report["dense"]["wikitext2_ppl"] is not None and report["tuned"]["wikitext2_ppl"] is None
+    assert "n/a (task vocabulary)" in (out / "report.md").read_text()
+    assert f"Task vocabulary: {vocabulary['kept']:,} of 600 tokens kept" in (out / "report.md").read_text()
+    plan = PruningPlan.load(out / "model" / PLAN_FILENAME)
+    assert plan.source.vocab_size == 600 and len(plan.tokens) == vocabulary["kept"]
+    assert plan.num_parameters()["pruned"] == report["params"]["pruned"]
+    model, tokenizer = load_model(str(out / "model"))
+    assert model.config.vocab_size == len(tokenizer) == vocabulary["kept"]
+    assert count_parameters(model) == report["params"]["pruned"]
+    card = ModelCard.load(out / "model" / "README.md")
+    assert f"**Task vocabulary**: {vocabulary['kept']:,} of the base model's 600 tokens are kept" in card.text
+    assert not any(r.metric_type == "perplexity" and "this model" in r.metric_name for r in card.data.eval_results)
+
+    assert main([*argv, "--resume", "--set", "max_steps=3"]) == 0
+    resumed = json.loads((out / "report.json").read_text())
+    assert resumed["training"]["steps"] == 3 and resumed["task_vocabulary"] == vocabulary
+    assert PruningPlan.load(out / "model" / PLAN_FILENAME).tokens == plan.tokens
+
+    with pytest.raises(ValueError, match="task_vocabulary"):
+        PipelineConfig(task_vocabulary=1.5)
+    small = [*_set(*overrides, "task_vocabulary=0.9", "target_sparsity=0.01")]
+    assert main(["run", str(BOOLQ_20), "--output-dir", str(tmp_path / "small"), "--quiet", *small]) == 2
+    assert "The task vocabulary alone removes" in capsys.readouterr().err
+
+
+def test_task_vocabulary_with_a_method_that_prunes_during_training(tiny_bpe_base, tmp_path, monkeypatch):
+    monkeypatch.setitem(METHOD_REGISTRY, "test_train_end", _PruneAtTrainEnd)
+    monkeypatch.setattr(_PruneAtTrainEndConfig, "method_name", "test_train_end")
+    cfg = PipelineConfig(
+        model=str(tiny_bpe_base),
+        task="piqa",
+        method="test_train_end",
+        target_sparsity=0.3,
+        task_vocabulary=0.9,
+        k_shots=8,
+        dev_size=6,
+        eval_limit=4,
+        ppl_windows=2,
+        max_length=64,
+        prompt="lm_eval",
+        output_dir=str(tmp_path / "out"),
+        training_kwargs={"max_steps": 2},
+    )
+    report = run(cfg)
+    plan = PruningPlan.load(tmp_path / "out" / "model" / PLAN_FILENAME)
+    assert plan.tokens is not None and plan.source.vocab_size == 600  # vocabulary and structure in one plan
+    assert report["params"]["pruned"] == plan.num_parameters()["pruned"]
+    assert report["achieved_sparsity"] == pytest.approx(0.3, abs=0.05)

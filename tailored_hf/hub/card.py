@@ -175,6 +175,8 @@ def _eval_results(report: dict[str, Any]) -> list[EvalResult]:
                     metric_value=round(float(row[metric]), 4),
                 )
             )
+        if row.get("wikitext2_ppl") is None:  # not comparable on a trimmed vocabulary: not reported
+            continue
         results.append(
             EvalResult(
                 task_type="text-generation",
@@ -330,6 +332,7 @@ def build_card(
         ppl_windows=cfg.get("ppl_windows"),
         plot_filename=PLOT_FILENAME,
         per_layer=plan.per_layer_sizes(),
+        vocabulary=None if plan.tokens is None else {"kept": len(plan.tokens), "source": plan.source.vocab_size},
         non_default=non_default or {},
         training=training,
         prompt_name=(report or {}).get("prompt_selection", {}).get("selected"),
