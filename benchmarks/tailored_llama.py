@@ -25,6 +25,7 @@ measured again when that model is next loaded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import logging
@@ -51,7 +52,7 @@ from tailored_hf.data import load_lm_text, load_task_split, map_for_training, sa
 from tailored_hf.eval import COMMONSENSE_TASKS, evaluate_tasks, token_perplexity
 from tailored_hf.loading import load_model
 from tailored_hf.methods.depgraph import DepGraphConfig, calibration_for, prune
-from tailored_hf.structure import count_parameters
+from tailored_hf.structure import PLAN_ATTRIBUTE, count_parameters
 from tailored_hf.structure.plan import atomic_write_text
 
 RESULTS = RESULTS_DIR / "tailored_llama"
@@ -80,6 +81,8 @@ EXTRA_CONFIGS: dict[str, dict[str, Any]] = {
     "l0": {"method": "nuteprune", "distillation": "none"},
     "l0_teacher_kd": {"method": "nuteprune", "distillation": "none", "teacher_kd_steps": 200},
     "l0_task_kd": {"method": "nuteprune", "distillation": "none", "teacher_kd_steps": 200, "teacher_kd_text": "tasks"},
+    "vocab": {"vocabulary_coverage": 0.99},
+    "vocab_c4": {"vocabulary_coverage": 0.99, "generic_lora": "c4"},
 }
 #: "l0_teacher_kd": the "l0" model, then distilled from the dense model (`tailored_hf.distillation`): every weight
 #: trained to match the dense model's next-token distribution on packed C4 windows, at these settings (200 steps of
@@ -87,13 +90,23 @@ EXTRA_CONFIGS: dict[str, dict[str, Any]] = {
 #: only with dense in the moonshot. "l0_task_kd": the same distillation on the 7 tasks' train text instead of C4,
 #: without labels (`tailored_hf.data.label_free_texts`: every choice of a row, scored format), an equal share of the
 #: tokens per task (`task_kd_texts`): task-specific recovery from the teacher, beside the K labelled shots.
+#: "vocab": the model's vocabulary trimmed to the 7 tasks (`tailored_hf.structure.vocabulary`: the most frequent
+#: tokens of their train splits' label-free text, every choice of every row in the scored format, until they cover
+#: `vocabulary_coverage` of its token occurrences; base, special and merge-ancestor tokens kept; the validation text
+#: is never read), then the paper's pass removes the rest of the ratio (of the dense model's parameters): a
+#: task-tailored vocabulary beside the structural pruning. "vocab_c4": the same + the C4 LoRA of "c4" (C4 tokenized
+#: with the trimmed tokenizer). Their WikiText-2 perplexity is not reported: the tokenizer differs, so a per-token
+#: perplexity is not comparable. Coverage 0.99 was fixed before any of these was scored (not tuned).
 TEACHER_KD = {"batch_size": 8, "seq_len": 256, "learning_rate": 1e-4, "temperature": 1.0}
 TEACHER_KD_CONFIGS = ("l0_teacher_kd", "l0_task_kd")
 #: Configurations whose "no tune" model already had task-specific recovery (distillation on the tasks' train text):
 #: the moonshot judges that one model for all 7 tasks too, beside it + the per-task LoRA.
 TASK_SPECIFIC_NO_TUNE = ("l0_task_kd",)
-#: The configurations a peer row matches in budget (compared with Torch-Pruning): all but `TEACHER_KD_CONFIGS`.
-PEER_CONFIGS = tuple(name for name in EXTRA_CONFIGS if name not in TEACHER_KD_CONFIGS)
+#: Configurations with a task-tailored vocabulary (tokenizer trimmed: evaluated and tuned with their own tokenizer).
+VOCABULARY_CONFIGS = tuple(name for name, config in EXTRA_CONFIGS.items() if "vocabulary_coverage" in config)
+#: The configurations a peer row matches in budget (compared with Torch-Pruning): all but `TEACHER_KD_CONFIGS` and
+#: `VOCABULARY_CONFIGS` (the peer prunes no vocabulary).
+PEER_CONFIGS = tuple(name for name in EXTRA_CONFIGS if name not in TEACHER_KD_CONFIGS + VOCABULARY_CONFIGS)
 #: `L0Config.sparsity_constraint` of the NutePrune configurations per ratio where it is not NutePrune's default
 #: ("equality"): chosen on held-out C4 perplexity by `benchmarks/l0_controller.py` at `NUTEPRUNE_ARGS`, no task scored
 #: in the choice. At 20% the default's expected sparsity overshoots to 29.7% during training (held-out C4 ppl 128.6)
@@ -111,7 +124,11 @@ EXTRA_LABELS = {
     "l0": "NutePrune L0 masks, no KD, their C4 LoRA merged",
     "l0_teacher_kd": "NutePrune L0 masks, their C4 LoRA merged, + dense-teacher KD on C4",
     "l0_task_kd": "NutePrune L0 masks, their C4 LoRA merged, + dense-teacher KD on the tasks' train text (no labels)",
+    "vocab": "task vocabulary (the tokens of 99% of the tasks' train text), then our pass",
+    "vocab_c4": "task vocabulary (the tokens of 99% of the tasks' train text), then our pass + the L0 row's C4 LoRA",
 }
+#: WikiText-2 perplexity cell text of `VOCABULARY_CONFIGS` (another tokenizer: not comparable per token).
+OTHER_TOKENIZER = "n/a (task vocabulary)"
 #: `benchmarks/nuteprune.py`'s committed CPU-scale quality setting (64,000 C4 tokens in 500 steps).
 NUTEPRUNE_ARGS = ["--steps", "500", "--batch-size", "1", "--seq-len", "128", "--device", "cpu"]
 #: Pruned models that take training to make (the "l0" configuration), saved once and reloaded on resume.
@@ -176,6 +193,43 @@ class Bench:
         self.load_cache(args)
         self.model, self.tokenizer = load_model(args.model)
         self.wikitext = wikitext_ids(self.tokenizer, args.data_dir)
+        self.dense_tokenizer = self.tokenizer
+        self.task_tokenizers: dict[float, tuple[list[int], Any]] = {}
+
+    def task_vocabulary(self, coverage: float) -> tuple[list[int], Any]:
+        """The kept token ids and trimmed tokenizer of `VOCABULARY_CONFIGS` at `coverage`: `select_tokens` over the
+        label-free text of the 7 tasks' train splits (scored format, every choice of every row)."""
+        from collections import Counter
+
+        from tailored_hf.data import label_free_texts
+        from tailored_hf.structure.vocabulary import select_tokens, token_counts, trim_tokenizer
+
+        if coverage not in self.task_tokenizers:
+            counts: Counter[int] = Counter()
+            for task in COMMONSENSE_TASKS:
+                rows = load_task_split(task, "train", data_dir=self.args.data_dir)
+                counts += token_counts(self.dense_tokenizer, label_free_texts(rows, task))
+            tokens = select_tokens(self.dense_tokenizer, counts=counts, coverage=coverage)
+            self.task_tokenizers[coverage] = tokens, trim_tokenizer(self.dense_tokenizer, tokens)
+            logger.info("Task vocabulary at coverage %g: %d of %d tokens", coverage, len(tokens), len(counts))
+        return self.task_tokenizers[coverage]
+
+    def tokenizer_for(self, overrides: dict[str, Any]):
+        """The tokenizer of a configuration: the task vocabulary's when it trims one, the dense model's otherwise."""
+        coverage = overrides.get("vocabulary_coverage")
+        return self.dense_tokenizer if coverage is None else self.task_vocabulary(coverage)[1]
+
+    @contextlib.contextmanager
+    def scoring_with(self, tokenizer):
+        """Evaluate and tune with `tokenizer` inside the block (a trimmed vocabulary's; no WikiText-2 perplexity then:
+        per-token perplexities of two tokenizers are not comparable)."""
+        saved = self.tokenizer, self.wikitext
+        if tokenizer is not self.dense_tokenizer:
+            self.tokenizer, self.wikitext = tokenizer, None
+        try:
+            yield
+        finally:
+            self.tokenizer, self.wikitext = saved
 
     def load_cache(self, args: argparse.Namespace) -> None:
         """Reuses `<out>.json`'s cells when its settings equal this run's (run-only options aside)."""
@@ -234,6 +288,8 @@ class Bench:
             scores[task] = {"score": result["primary"], "metric": result["primary_metric"], "n": result["n"]}
             if self.keep_items:
                 scores[task]["items"] = "".join(str(int(score)) for score in result["item_scores"])
+        if self.wikitext is None:  # another tokenizer (`scoring_with`)
+            return {"tasks": scores, "wikitext2_ppl": None}
         ppl = token_perplexity(model, self.wikitext, max_windows=self.args.ppl_windows).perplexity
         return {"tasks": scores, "wikitext2_ppl": ppl}
 
@@ -303,15 +359,26 @@ class Bench:
         if overrides.get("generic_lora") == "c4":
             rest = {k: v for k, v in overrides.items() if k not in ("generic_lora", "c4_steps")}
             name = "".join(f"-{k}={v}" for k, v in sorted(rest.items()))
+            tokenizer = self.tokenizer_for(overrides)
             return self.cached_model(
                 f"depgraph{name}-c4lora{c4_budget_suffix(c4_steps)}-{ratio}-seed{self.args.seed}",
-                lambda: c4_lora(self.pruned(ratio, **rest)[0], self.tokenizer, self.args, c4_steps),
+                lambda: c4_lora(self.pruned(ratio, **rest)[0], tokenizer, self.args, c4_steps),
             )
-        config = DepGraphConfig(target_sparsity=ratio, seed=self.args.seed, **overrides)
-        calibration = calibration_for(config, self.tokenizer, data_dir=self.args.data_dir)
         model = copy.deepcopy(self.model)
+        tokenizer, structural_ratio = self.dense_tokenizer, ratio
+        coverage = overrides.pop("vocabulary_coverage", None)
+        if coverage is not None:  # the task vocabulary first; our pass removes the rest of `ratio` of the dense model
+            from tailored_hf.structure.vocabulary import trim_vocabulary
+
+            tokens, tokenizer = self.task_vocabulary(coverage)
+            dense = count_parameters(model)
+            trim_vocabulary(model, self.dense_tokenizer, tokens)
+            trimmed = count_parameters(model)
+            structural_ratio = (ratio * dense - (dense - trimmed)) / trimmed
+        config = DepGraphConfig(target_sparsity=structural_ratio, seed=self.args.seed, **overrides)
+        calibration = calibration_for(config, tokenizer, data_dir=self.args.data_dir)
         _, plan = prune(model, config, calibration=calibration)
-        return model, plan
+        return model, getattr(model, PLAN_ATTRIBUTE, plan)  # composed with the vocabulary plan
 
     def nuteprune_pruned(
         self,
@@ -436,9 +503,28 @@ def main() -> None:
                 "per_layer": plan.per_layer_sizes(),
                 "config": config_at(EXTRA_CONFIGS[name], ratio),
             }
-            bench.cell(f"{prefix}/pruned", lambda model=model: bench.evaluate(model, tasks), model=model)
-            for task in tasks:
-                bench.tuned_cell(model, f"{prefix}/task/{task}", bench.shots(task, args.k), [task])
+            with bench.scoring_with(bench.tokenizer_for(EXTRA_CONFIGS[name])):
+                bench.cell(f"{prefix}/pruned", lambda model=model: bench.evaluate(model, tasks), model=model)
+                for task in tasks:
+                    bench.tuned_cell(model, f"{prefix}/task/{task}", bench.shots(task, args.k), [task])
+            del model
+    coverages = sorted({EXTRA_CONFIGS[name].get("vocabulary_coverage") for name in args.extra_configs} - {None})
+    for coverage in coverages:  # the cost of the task vocabulary alone: trimmed, nothing else pruned, no tune
+        key = f"vocabulary/{coverage}"
+        if key not in bench.data["cells"] or key not in bench.data.get("params", {}):
+            from tailored_hf.structure.vocabulary import trim_vocabulary
+
+            tokens, tokenizer = bench.task_vocabulary(coverage)
+            model = trim_vocabulary(copy.deepcopy(bench.model), bench.dense_tokenizer, tokens)[0]
+            bench.data.setdefault("params", {})[key] = {
+                "dense": dense_params,
+                "pruned": count_parameters(model),
+                "achieved": 1 - count_parameters(model) / dense_params,
+                "tokens": len(tokens),
+                "source_tokens": len(bench.dense_tokenizer),
+            }
+            with bench.scoring_with(tokenizer):
+                bench.cell(key, lambda model=model: bench.evaluate(model, tasks), model=model)
             del model
     bench.data["environment"] = {
         "torch": torch.__version__,
@@ -521,14 +607,25 @@ def render(data: dict[str, Any]) -> str:
             extra = data["params"].get(prefix)
             size = f" ({extra['achieved']:.1%} removed)" if extra else ""
             cell = cells.get(f"{prefix}/pruned", {})
-            lines.append(
-                row(
-                    f"{label}{size}, no tune", [score(f"{prefix}/pruned", t) for t in tasks], cell.get("wikitext2_ppl")
-                )
-            )
+            ppl = OTHER_TOKENIZER if name in VOCABULARY_CONFIGS else cell.get("wikitext2_ppl")
+            lines.append(row(f"{label}{size}, no tune", [score(f"{prefix}/pruned", t) for t in tasks], ppl))
             tuned_scores = [score(f"{prefix}/task/{t}", t) for t in tasks]
             lines.append(row(f"{label} + task LoRA (K={s['k']})", tuned_scores, PER_TASK_MODELS))
         lines.append("")
+    for key, params in sorted(data.get("params", {}).items()):
+        if key.startswith("vocabulary/") and key in cells:
+            alone = [score(key, t) for t in tasks]
+            lines += [
+                f"Task vocabulary alone (coverage {key.split('/')[1]}: {params['tokens']:,} of "
+                f"{params['source_tokens']:,} tokens kept, {params['achieved']:.1%} of the parameters removed, "
+                "nothing else pruned, no tune):",
+                "",
+                header,
+                rule,
+                row("dense", dense, dense_ppl),
+                row("task vocabulary alone", alone, OTHER_TOKENIZER),
+                "",
+            ]
     if s["k_ablation"]:
         tag = f"{s['ratios'][0]:.0%}"
         task = s["ablation_task"]
@@ -799,7 +896,7 @@ def findings(cells: dict[str, Any], s: dict[str, Any], dense: list[float | None]
             label = EXTRA_LABELS.get(name, name)
             text = (
                 f"  {label[:1].upper() + label[1:]} (`{config_text(name, ratio)}`): no tune {100 * extra_pruned:.1f} "
-                f"vs {100 * pruned:.1f}, WikiText-2 ppl {ppl[0]:.1f} vs {ppl[1]:.1f}"
+                f"vs {100 * pruned:.1f}" + ("" if ppl[0] is None else f", WikiText-2 ppl {ppl[0]:.1f} vs {ppl[1]:.1f}")
             )
             if extra_tuned is not None:
                 text += (
