@@ -105,18 +105,19 @@ def select_tokens(
         raise ValueError(f"coverage must be in (0, 1], got {coverage}.")
     if (texts is None) == (counts is None):
         raise ValueError("Pass exactly one of `texts` and `counts`.")
-    counts = token_counts(tokenizer, texts) if counts is None else counts
     model = _bpe_model(tokenizer)["model"]
+    counts = token_counts(tokenizer, texts) if counts is None else counts
     vocab: dict[str, int] = model["vocab"]
     id_to_token = {i: t for t, i in vocab.items()}
     parents = _merge_parents(model)
 
     kept: set[str] = {t for t in vocab if t not in parents}
     kept |= {str(t) for t in tokenizer.all_special_tokens if t in vocab}
-    kept |= {t for t in tokenizer.get_added_vocab() if t in vocab}
-    if max_tokens is not None and len(kept) > max_tokens:
+    added = {i for t, i in tokenizer.get_added_vocab().items() if t not in vocab}  # special tokens outside the BPE
+    if max_tokens is not None and len(kept) + len(added) > max_tokens:
         raise ValueError(
-            f"max_tokens={max_tokens} is below the {len(kept)} base and special tokens the tokenizer needs."
+            f"max_tokens={max_tokens} is below the {len(kept) + len(added)} base and special tokens the tokenizer "
+            "needs."
         )
 
     def with_ancestors(token: str) -> set[str]:
@@ -138,12 +139,12 @@ def select_tokens(
         token = id_to_token.get(token_id)
         if token is None or token in kept:
             continue
-        added = with_ancestors(token)
-        if max_tokens is not None and len(kept) + len(added) > max_tokens:
+        closure = with_ancestors(token)
+        if max_tokens is not None and len(kept) + len(added) + len(closure) > max_tokens:
             break
-        kept |= added
-        covered += sum(counts.get(vocab[t], 0) for t in added)  # ancestors that occur count too
-    return sorted(vocab[t] for t in kept)
+        kept |= closure
+        covered += sum(counts.get(vocab[t], 0) for t in closure)  # ancestors that occur count too
+    return sorted({vocab[t] for t in kept} | added)
 
 
 def new_token_id(tokens: Sequence[int], old_id: int) -> int:
@@ -197,10 +198,11 @@ def trim_tokenizer(tokenizer: Any, tokens: Sequence[int]) -> Any:
     data = _bpe_model(tokenizer)
     model = data["model"]
     id_to_token = {i: t for t, i in model["vocab"].items()}
-    missing = [i for i in tokens if i not in id_to_token]
+    added_ids = {entry["id"] for entry in data.get("added_tokens", [])}
+    missing = [i for i in tokens if i not in id_to_token and i not in added_ids]
     if missing:
         raise ValueError(f"Token ids {missing[:5]} are not in the tokenizer's vocabulary.")
-    kept = {id_to_token[i] for i in tokens}
+    kept = {id_to_token[i] for i in tokens if i in id_to_token}
     parents = _merge_parents(model)
     orphans = [t for t in kept if t in parents and not any(a in kept and b in kept for a, b in parents[t])]
     if orphans:
@@ -208,7 +210,7 @@ def trim_tokenizer(tokenizer: Any, tokens: Sequence[int]) -> Any:
             f"Kept tokens {orphans[:5]} cannot be built: none of their merges has both parts kept. Select tokens with "
             "`select_tokens`, which keeps every kept token's merge ancestors."
         )
-    model["vocab"] = {id_to_token[old]: new for new, old in enumerate(tokens)}
+    model["vocab"] = {id_to_token[old]: new for new, old in enumerate(tokens) if old in id_to_token}
     model["merges"] = [
         merge for merge in model["merges"] if {*_merge_pair(merge), "".join(_merge_pair(merge))} <= kept
     ]

@@ -198,6 +198,23 @@ def test_optimizer_follows_hidden_and_vocabulary_slices_of_one_tensor(bpe, texts
     optimizer.step()  # shapes agree: the step runs
 
 
+def test_special_tokens_added_outside_the_bpe_vocabulary_are_kept(texts):
+    """Added tokens may live outside the BPE model's vocabulary (LLaMA-3's specials do): kept, renumbered, usable."""
+    tokenizer = train_bpe_tokenizer(texts["train"][:200], vocab_size=400)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|extra|>"]})
+    extra = tokenizer.convert_tokens_to_ids("<|extra|>")
+    assert extra == 400 and "<|extra|>" not in bpe_model(tokenizer)["vocab"]
+    model = model_for(tokenizer)
+    tokens = select_tokens(tokenizer, texts["train"][:20], coverage=0.8)
+    assert extra in tokens
+    model, trimmed = trim_vocabulary(model, tokenizer, tokens)
+    text = "<|extra|>" + texts["train"][0]
+    ids = trimmed(text, add_special_tokens=False)["input_ids"]
+    assert ids[0] == len(tokens) - 1 == trimmed.convert_tokens_to_ids("<|extra|>")
+    assert model.config.vocab_size == len(trimmed) == len(tokens)
+    assert trimmed.decode(ids) == text
+
+
 def test_errors_name_the_problem(bpe, texts, tokenizer):
     with pytest.raises(ValueError, match="BPE"):
         select_tokens(tokenizer, ["w1 w2"])  # the word-level fixture
