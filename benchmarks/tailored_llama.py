@@ -83,6 +83,7 @@ EXTRA_CONFIGS: dict[str, dict[str, Any]] = {
     "l0_task_kd": {"method": "nuteprune", "distillation": "none", "teacher_kd_steps": 200, "teacher_kd_text": "tasks"},
     "vocab": {"vocabulary_coverage": 0.99},
     "vocab_c4": {"vocabulary_coverage": 0.99, "generic_lora": "c4"},
+    "vocab_l0": {"vocabulary_coverage": 0.99, "method": "nuteprune", "distillation": "none"},
 }
 #: "l0_teacher_kd": the "l0" model, then distilled from the dense model (`tailored_hf.distillation`): every weight
 #: trained to match the dense model's next-token distribution on packed C4 windows, at these settings (200 steps of
@@ -95,7 +96,8 @@ EXTRA_CONFIGS: dict[str, dict[str, Any]] = {
 #: `vocabulary_coverage` of its token occurrences; base, special and merge-ancestor tokens kept; the validation text
 #: is never read), then the paper's pass removes the rest of the ratio (of the dense model's parameters): a
 #: task-tailored vocabulary beside the structural pruning. "vocab_c4": the same + the C4 LoRA of "c4" (C4 tokenized
-#: with the trimmed tokenizer). Their WikiText-2 perplexity is not reported: the tokenizer differs, so a per-token
+#: with the trimmed tokenizer). "vocab_l0": the task vocabulary, then the "l0" masks and their C4 LoRA for the rest.
+#: Their WikiText-2 perplexity is not reported: the tokenizer differs, so a per-token
 #: perplexity is not comparable. Coverage 0.99 was fixed before any of these was scored (not tuned).
 TEACHER_KD = {"batch_size": 8, "seq_len": 256, "learning_rate": 1e-4, "temperature": 1.0}
 TEACHER_KD_CONFIGS = ("l0_teacher_kd", "l0_task_kd")
@@ -126,6 +128,7 @@ EXTRA_LABELS = {
     "l0_task_kd": "NutePrune L0 masks, their C4 LoRA merged, + dense-teacher KD on the tasks' train text (no labels)",
     "vocab": "task vocabulary (the tokens of 99% of the tasks' train text), then our pass",
     "vocab_c4": "task vocabulary (the tokens of 99% of the tasks' train text), then our pass + the L0 row's C4 LoRA",
+    "vocab_l0": "task vocabulary (the tokens of 99% of the tasks' train text), then NutePrune L0 masks + C4 LoRA",
 }
 #: WikiText-2 perplexity cell text of `VOCABULARY_CONFIGS` (another tokenizer: not comparable per token).
 OTHER_TOKENIZER = "n/a (task vocabulary)"
@@ -135,7 +138,7 @@ NUTEPRUNE_ARGS = ["--steps", "500", "--batch-size", "1", "--seq-len", "128", "--
 MODEL_CACHE = ROOT / "outputs" / "tailored_llama"
 #: Command-line options that do not change any cell (the rest must match the cache's settings to reuse it);
 #: `extra_configs` only adds cells under their own keys.
-RUN_OPTIONS = ("out", "report_only", "extra_configs", "recompute")
+RUN_OPTIONS = ("out", "report_only", "extra_configs", "extra_ratios", "recompute")
 PER_TASK_MODELS = "n/a (one adapter per task)"  # task-LoRA rows: no single model to take a perplexity of
 
 logger = logging.getLogger("tailored_llama")
@@ -171,6 +174,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=sorted(EXTRA_CONFIGS),
         default=sorted(EXTRA_CONFIGS),
         help="configurations of our pass run beside the paper's (no tune and task LoRA, every ratio)",
+    )
+    parser.add_argument(
+        "--extra-ratios",
+        type=float,
+        nargs="*",
+        default=None,
+        help="run the extra configurations at these of --ratios only (default: every ratio)",
     )
     parser.add_argument(
         "--recompute",
@@ -213,6 +223,18 @@ class Bench:
             self.task_tokenizers[coverage] = tokens, trim_tokenizer(self.dense_tokenizer, tokens)
             logger.info("Task vocabulary at coverage %g: %d of %d tokens", coverage, len(tokens), len(counts))
         return self.task_tokenizers[coverage]
+
+    def vocabulary_model(self, coverage: float, ratio: float) -> tuple[torch.nn.Module, Any, float]:
+        """A copy of the dense model trimmed to the task vocabulary at `coverage`, its tokenizer, and the share of it
+        that a structural method must remove for `ratio` of the dense model's parameters."""
+        from tailored_hf.structure.vocabulary import trim_vocabulary
+
+        tokens, tokenizer = self.task_vocabulary(coverage)
+        model = copy.deepcopy(self.model)
+        dense = count_parameters(model)
+        trim_vocabulary(model, self.dense_tokenizer, tokens)
+        trimmed = count_parameters(model)
+        return model, tokenizer, (ratio * dense - (dense - trimmed)) / trimmed
 
     def tokenizer_for(self, overrides: dict[str, Any]):
         """The tokenizer of a configuration: the task vocabulary's when it trims one, the dense model's otherwise."""
@@ -355,7 +377,9 @@ class Bench:
             )
         if overrides.get("method") == "nuteprune":
             constraint = config_at(overrides, ratio).get("sparsity_constraint", L0_DEFAULT_CONSTRAINT)
-            return self.nuteprune_pruned(ratio, overrides["distillation"], c4_steps, constraint)
+            return self.nuteprune_pruned(
+                ratio, overrides["distillation"], c4_steps, constraint, overrides.get("vocabulary_coverage")
+            )
         if overrides.get("generic_lora") == "c4":
             rest = {k: v for k, v in overrides.items() if k not in ("generic_lora", "c4_steps")}
             name = "".join(f"-{k}={v}" for k, v in sorted(rest.items()))
@@ -364,17 +388,11 @@ class Bench:
                 f"depgraph{name}-c4lora{c4_budget_suffix(c4_steps)}-{ratio}-seed{self.args.seed}",
                 lambda: c4_lora(self.pruned(ratio, **rest)[0], tokenizer, self.args, c4_steps),
             )
-        model = copy.deepcopy(self.model)
-        tokenizer, structural_ratio = self.dense_tokenizer, ratio
         coverage = overrides.pop("vocabulary_coverage", None)
-        if coverage is not None:  # the task vocabulary first; our pass removes the rest of `ratio` of the dense model
-            from tailored_hf.structure.vocabulary import trim_vocabulary
-
-            tokens, tokenizer = self.task_vocabulary(coverage)
-            dense = count_parameters(model)
-            trim_vocabulary(model, self.dense_tokenizer, tokens)
-            trimmed = count_parameters(model)
-            structural_ratio = (ratio * dense - (dense - trimmed)) / trimmed
+        if coverage is None:
+            model, tokenizer, structural_ratio = copy.deepcopy(self.model), self.dense_tokenizer, ratio
+        else:  # the task vocabulary first; our pass removes the rest of `ratio` of the dense model
+            model, tokenizer, structural_ratio = self.vocabulary_model(coverage, ratio)
         config = DepGraphConfig(target_sparsity=structural_ratio, seed=self.args.seed, **overrides)
         calibration = calibration_for(config, tokenizer, data_dir=self.args.data_dir)
         _, plan = prune(model, config, calibration=calibration)
@@ -386,20 +404,35 @@ class Bench:
         distillation: str,
         c4_steps: int | None = None,
         sparsity_constraint: str = L0_DEFAULT_CONSTRAINT,
+        vocabulary_coverage: float | None = None,
     ):
         """NutePrune at `ratio` (`benchmarks/nuteprune.py`'s `train_variant` at `NUTEPRUNE_ARGS`, or with `c4_steps`
-        training steps instead of its 500)."""
+        training steps instead of its 500); with `vocabulary_coverage`, on the task vocabulary's model, the masks
+        removing the rest of `ratio`."""
 
         def train() -> torch.nn.Module:
             import nuteprune
 
             settings = nuteprune_args(self.args, c4_steps)
-            merged, _, info = nuteprune.train_variant(distillation, ratio, settings, sparsity_constraint)
-            logger.info("NutePrune %s at %.0f%%: %.1f%% removed", distillation, 100 * ratio, 100 * info["sparsity"])
+            if vocabulary_coverage is None:
+                merged, _, info = nuteprune.train_variant(distillation, ratio, settings, sparsity_constraint)
+                logger.info(
+                    "NutePrune %s at %.0f%%: %.1f%% removed", distillation, 100 * ratio, 100 * info["sparsity"]
+                )
+                return merged
+            from tailored_hf import PrunerCallback
+
+            model, tokenizer, target = self.vocabulary_model(vocabulary_coverage, ratio)
+            config = nuteprune.l0_config(target, distillation, sparsity_constraint)
+            tag = f"vocab_{distillation}_{int(100 * ratio)}"
+            merged, info = nuteprune.train_lora(model, tokenizer, settings, [PrunerCallback(config)], tag)
+            logger.info("Task vocabulary + NutePrune at %.0f%%: %d parameters", 100 * ratio, count_parameters(merged))
             return merged
 
         constraint = "" if sparsity_constraint == L0_DEFAULT_CONSTRAINT else f"-{sparsity_constraint}"
-        name = f"nuteprune-{distillation}{constraint}{c4_budget_suffix(c4_steps)}-{ratio}-seed{self.args.seed}"
+        vocabulary = "" if vocabulary_coverage is None else f"-vocabulary{vocabulary_coverage}"
+        budget = c4_budget_suffix(c4_steps)
+        name = f"nuteprune-{distillation}{constraint}{vocabulary}{budget}-{ratio}-seed{self.args.seed}"
         return self.cached_model(name, train)
 
     def cached_model(self, name: str, build: Callable[[], torch.nn.Module]):
@@ -488,7 +521,7 @@ def main() -> None:
     # Extra configurations, larger ratios first (where the configurations differ most), each configuration's no-tune
     # cell then its task adapters (a distilled model takes 20-40 min to make; an interrupted run resumes from the
     # cache). Every cell is checked against the model's fingerprint once the model is loaded.
-    for ratio in sorted(args.ratios, reverse=True):
+    for ratio in sorted(args.ratios if args.extra_ratios is None else args.extra_ratios, reverse=True):
         for name in args.extra_configs:
             prefix = f"{ratio:.0%}/{name}"
             keys = [f"{prefix}/pruned"] + [f"{prefix}/task/{t}" for t in tasks]
