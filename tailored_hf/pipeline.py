@@ -610,6 +610,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
 
     stage("recovery")
     t = time.perf_counter()
+    vocabulary_plan = getattr(model, PLAN_ATTRIBUTE, None)  # the task vocabulary's, if any, before training
     tuned_model, train_stats = recover(
         model, tokenizer, shots, cfg, prompt, output_dir, resume_from=resume_from, target_sparsity=structural_target
     )
@@ -618,7 +619,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
 
     if plan is None:  # a method that pruned during training
         plan = getattr(A.unwrap_model(tuned_model), PLAN_ATTRIBUTE, None)
-        if plan is None:
+        if plan is None or plan is vocabulary_plan:
             raise ValueError(f"Method {cfg.method!r} finished training without producing a pruning plan.")
     params_pruned = count_parameters(tuned_model)
     stages.update()

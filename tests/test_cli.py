@@ -375,3 +375,8 @@ def test_task_vocabulary_with_a_method_that_prunes_during_training(tiny_bpe_base
     assert plan.tokens is not None and plan.source.vocab_size == 600  # vocabulary and structure in one plan
     assert report["params"]["pruned"] == plan.num_parameters()["pruned"]
     assert report["achieved_sparsity"] == pytest.approx(0.3, abs=0.05)
+
+    # A method that never prunes is still caught: the vocabulary's plan on the model is not the method's.
+    monkeypatch.setattr(_PruneAtTrainEnd, "on_train_end", lambda self, model, **context: None)
+    with pytest.raises(ValueError, match="without producing a pruning plan"):
+        run(cfg)
