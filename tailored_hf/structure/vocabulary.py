@@ -227,17 +227,14 @@ def trim_tokenizer(tokenizer: Any, tokens: Sequence[int]) -> Any:
 
     with tempfile.TemporaryDirectory() as directory:
         tokenizer.save_pretrained(directory)
-        config_path = f"{directory}/tokenizer_config.json"
-        with open(config_path) as handle:
-            config = json.load(handle)
+        config_path = Path(directory, "tokenizer_config.json")
+        config = json.loads(config_path.read_text(encoding="utf-8"))
         if "added_tokens_decoder" in config:
             config["added_tokens_decoder"] = {
                 str(new_token_id(tokens, int(i))): entry for i, entry in config["added_tokens_decoder"].items()
             }
-        with open(config_path, "w") as handle:
-            json.dump(config, handle, indent=2)
-        with open(f"{directory}/tokenizer.json", "w") as handle:
-            json.dump(data, handle, ensure_ascii=False)
+        config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+        Path(directory, "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
         for stale in ("vocab.json", "merges.txt", "added_tokens.json"):  # slow-tokenizer files would disagree
             Path(directory, stale).unlink(missing_ok=True)
         trimmed = AutoTokenizer.from_pretrained(directory)
