@@ -275,13 +275,23 @@ def evaluate_model(
 
 def trim_to_task_vocabulary(model, tokenizer, cfg: PipelineConfig, train_split):
     """`cfg.task_vocabulary`: the model and tokenizer trimmed to the tokens of the task's train text (every choice of
-    every row, in the scored format); returns `(model, tokenizer, target)`, `target` being the share of the trimmed
-    model that the method must remove for `cfg.target_sparsity` of the dense model's parameters."""
+    every row, in each prompt variant that may be trained or scored: `cfg.prompt` and the scored format, or every
+    registered variant when the prompt is selected later); returns `(model, tokenizer, target)`, `target` being the
+    share of the trimmed model that the method must remove for `cfg.target_sparsity` of the dense model's
+    parameters."""
+    from collections import Counter
+
     from .data import label_free_texts
-    from .structure.vocabulary import select_tokens, trim_vocabulary
+    from .data.prompts import LM_EVAL_PROMPT
+    from .data.selection import candidate_prompts
+    from .structure.vocabulary import select_tokens, token_counts, trim_vocabulary
 
     dense = count_parameters(model)
-    tokens = select_tokens(tokenizer, label_free_texts(train_split, cfg.task), coverage=cfg.task_vocabulary)
+    prompts = candidate_prompts(cfg.task, tokenizer) if cfg.prompt is None else sorted({cfg.prompt, LM_EVAL_PROMPT})
+    counts: Counter[int] = Counter()
+    for prompt in prompts:
+        counts += token_counts(tokenizer, label_free_texts(train_split, cfg.task, prompt=prompt, tokenizer=tokenizer))
+    tokens = select_tokens(tokenizer, counts=counts, coverage=cfg.task_vocabulary)
     model, tokenizer = trim_vocabulary(model, tokenizer, tokens)
     trimmed = count_parameters(model)
     target = (cfg.target_sparsity * dense - (dense - trimmed)) / trimmed

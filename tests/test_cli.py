@@ -380,3 +380,21 @@ def test_task_vocabulary_with_a_method_that_prunes_during_training(tiny_bpe_base
     monkeypatch.setattr(_PruneAtTrainEnd, "on_train_end", lambda self, model, **context: None)
     with pytest.raises(ValueError, match="without producing a pruning plan"):
         run(cfg)
+
+
+def test_task_vocabulary_covers_every_prompt_that_selection_may_pick(tiny_bpe_base):
+    """With the prompt left to selection, the vocabulary covers every candidate variant's text (their templates
+    too), not only the scored format; with a fixed prompt, that prompt's and the scored format's."""
+    from tailored_hf import load_model
+    from tailored_hf.data import load_task_split
+    from tailored_hf.pipeline import trim_to_task_vocabulary
+
+    train = load_task_split("piqa", "train").select(range(50))
+    sizes = {}
+    for prompt in (None, "lm_eval"):
+        model, tokenizer = load_model(str(tiny_bpe_base))
+        cfg = PipelineConfig(model=str(tiny_bpe_base), task="piqa", prompt=prompt, task_vocabulary=1.0)
+        _, trimmed, target = trim_to_task_vocabulary(model, tokenizer, cfg, train)
+        assert 0 < target < cfg.target_sparsity
+        sizes[prompt] = len(trimmed)
+    assert sizes[None] > sizes["lm_eval"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import datasets
 
@@ -53,6 +54,13 @@ def split_dev_and_pool(
     return shuffled.select(range(dev_size)), shuffled.select(range(dev_size, len(shuffled)))
 
 
+def candidate_prompts(task: str, tokenizer: Any) -> list[str]:
+    """The prompt variants `select_prompt` tries by default: every registered one, `chat` only when the tokenizer has
+    a chat template."""
+    has_template = getattr(tokenizer, "chat_template", None) is not None
+    return [p for p in list_prompts(task) if p != CHAT_PROMPT or has_template]
+
+
 def select_prompt(
     model,
     tokenizer,
@@ -83,8 +91,7 @@ def select_prompt(
     if len(dev) == 0:
         raise ValueError("The dev slice is empty.")
     if candidates is None:
-        has_template = getattr(tokenizer, "chat_template", None) is not None
-        candidates = [p for p in list_prompts(spec.name) if p != CHAT_PROMPT or has_template]
+        candidates = candidate_prompts(spec.name, tokenizer)
     if not candidates:
         raise ValueError("No candidate prompts to select from.")
     table = []
