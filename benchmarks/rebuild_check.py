@@ -21,7 +21,7 @@ from typing import Any
 sys.path.append(str(Path(__file__).resolve().parent))
 
 from common import add_model_arguments, model_fingerprint, read_results, results_path, write_markdown  # noqa: E402
-from tailored_llama import CHANCE, EXTRA_CONFIGS, NEAR_CHANCE, Bench  # noqa: E402
+from tailored_llama import CHANCE, EXTRA_CONFIGS, NEAR_CHANCE, VOCABULARY_CONFIGS, Bench  # noqa: E402
 from tailored_llama import parse_args as bench_arguments  # noqa: E402
 
 from tailored_hf.structure.plan import atomic_write_text  # noqa: E402
@@ -30,7 +30,12 @@ from tailored_hf.structure.plan import atomic_write_text  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(parser)
-    parser.add_argument("--config", choices=sorted(EXTRA_CONFIGS), default="l0", help="a `tailored_llama` config")
+    parser.add_argument(
+        "--config",
+        choices=sorted(set(EXTRA_CONFIGS) - set(VOCABULARY_CONFIGS)),  # scored with the dense tokenizer here
+        default="l0",
+        help="a `tailored_llama` config",
+    )
     parser.add_argument("--ratio", type=float, default=0.2, help="fraction of total parameters removed")
     parser.add_argument("--out", help="results path without suffix (default: rebuild_check_<config>_<percent>)")
     parser.add_argument("--report-only", action="store_true", help="render the Markdown from the JSON only")

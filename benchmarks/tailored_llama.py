@@ -477,6 +477,8 @@ def main() -> None:
     if args.report_only:  # e.g. while a long run is still filling the cache
         write_markdown(args.out, render(read_results(args.out)))
         return
+    if args.extra_ratios is not None and not set(args.extra_ratios) <= set(args.ratios):
+        raise SystemExit(f"--extra-ratios {args.extra_ratios} must be among --ratios {args.ratios}")
     bench = Bench(args)
     unknown = [key for key in args.recompute if key not in bench.data["cells"]]
     if unknown:
