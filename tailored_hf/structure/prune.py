@@ -260,12 +260,16 @@ def _prune_vocabulary(slicer: _Slicer, lm: nn.Module, tokens: torch.Tensor) -> N
         base.padding_idx = new_token_id(tokens.tolist(), base.padding_idx)
     for name, lora_a in list(getattr(embed, "lora_embedding_A", {}).items()):
         embed.lora_embedding_A[name] = slicer._sliced_standalone(lora_a, 1, tokens)
-    if A.is_tied(lm):
-        _retie(lm)
-        head = getattr(A.lm_head(lm), "base_layer", A.lm_head(lm))
+    head = A.lm_head(lm)
+    if not A.is_tied(lm):
+        slicer.linear(head, tokens, None)
+        return
+    _retie(lm)
+    getattr(head, "base_layer", head).out_features = tokens.numel()
+    for lora_b in getattr(head, "lora_B", {}).values():  # a LoRA on the tied head: its B rows are vocabulary rows
+        slicer.linear(lora_b, tokens, None)
+    if hasattr(head, "lora_B"):
         head.out_features = tokens.numel()
-    else:
-        slicer.linear(A.lm_head(lm), tokens, None)
 
 
 def _retie(lm: nn.Module) -> None:

@@ -254,3 +254,27 @@ def test_smollm2_task_vocabulary(smollm2, texts, tmp_path):
     reloaded, reloaded_tokenizer = load_model(str(tmp_path / "piqa"))
     assert reloaded.config.vocab_size == len(tokens) and type(reloaded).__name__ == "LlamaForCausalLM"
     assert reloaded_tokenizer(text)["input_ids"] == trimmed(text)["input_ids"]
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_lora_on_the_lm_head_loses_the_same_rows(tied):
+    """A LoRA on `lm_head` (tied or not): its B rows are vocabulary rows, sliced with the head's."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(
+        make_tiny_model("llama", tied=tied), LoraConfig(r=4, target_modules=["q_proj", "lm_head"], lora_dropout=0.0)
+    )
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.1)
+    ids = [1, 5, 9, 20]
+    tokens = sorted(set(range(0, 96, 2)) | set(ids))
+    with torch.no_grad():
+        reference = model(torch.tensor([ids])).logits[0][:, torch.tensor(tokens)]
+    plan = PruningPlan.dense(model)
+    plan.tokens = tokens
+    apply_plan(model, plan)
+    with torch.no_grad():
+        logits = model(torch.tensor([[new_token_id(tokens, i) for i in ids]])).logits[0]
+    torch.testing.assert_close(logits, reference)
