@@ -227,14 +227,13 @@ class Bench:
     def vocabulary_model(self, coverage: float, ratio: float) -> tuple[torch.nn.Module, Any, float]:
         """A copy of the dense model trimmed to the task vocabulary at `coverage`, its tokenizer, and the share of it
         that a structural method must remove for `ratio` of the dense model's parameters."""
-        from tailored_hf.structure.vocabulary import trim_vocabulary
+        from tailored_hf.structure.vocabulary import remaining_sparsity, trim_vocabulary
 
         tokens, tokenizer = self.task_vocabulary(coverage)
         model = copy.deepcopy(self.model)
         dense = count_parameters(model)
         trim_vocabulary(model, self.dense_tokenizer, tokens)
-        trimmed = count_parameters(model)
-        return model, tokenizer, (ratio * dense - (dense - trimmed)) / trimmed
+        return model, tokenizer, remaining_sparsity(ratio, dense, count_parameters(model))
 
     def tokenizer_for(self, overrides: dict[str, Any]):
         """The tokenizer of a configuration: the task vocabulary's when it trims one, the dense model's otherwise."""

@@ -36,7 +36,7 @@ import difflib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -284,7 +284,7 @@ def trim_to_task_vocabulary(model, tokenizer, cfg: PipelineConfig, train_split):
     from .data import label_free_texts
     from .data.prompts import LM_EVAL_PROMPT
     from .data.selection import candidate_prompts
-    from .structure.vocabulary import select_tokens, token_counts, trim_vocabulary
+    from .structure.vocabulary import remaining_sparsity, select_tokens, token_counts, trim_vocabulary
 
     dense = count_parameters(model)
     prompts = candidate_prompts(cfg.task, tokenizer) if cfg.prompt is None else sorted({cfg.prompt, LM_EVAL_PROMPT})
@@ -294,16 +294,10 @@ def trim_to_task_vocabulary(model, tokenizer, cfg: PipelineConfig, train_split):
     tokens = select_tokens(tokenizer, counts=counts, coverage=cfg.task_vocabulary)
     model, tokenizer = trim_vocabulary(model, tokenizer, tokens)
     trimmed = count_parameters(model)
-    target = (cfg.target_sparsity * dense - (dense - trimmed)) / trimmed
     logger.info(
         "Task vocabulary: %d tokens kept, %.1f%% of the parameters removed", len(tokens), 100 * (1 - trimmed / dense)
     )
-    if target <= 0:
-        raise ValueError(
-            f"The task vocabulary alone removes {1 - trimmed / dense:.1%} of the parameters, at least target_sparsity="
-            f"{cfg.target_sparsity}: raise target_sparsity or task_vocabulary."
-        )
-    return model, tokenizer, target
+    return model, tokenizer, remaining_sparsity(cfg.target_sparsity, dense, trimmed)
 
 
 def prune_model(model, tokenizer, cfg: PipelineConfig, target_sparsity: float | None = None) -> PruningPlan:
@@ -689,10 +683,8 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         else {
             "kept": len(plan.tokens),
             "source": plan.source.vocab_size,
-            "removed_share": (plan.source.vocab_size - len(plan.tokens))
-            * plan.source.hidden_size
-            * (1 if plan.source.tied_embeddings else 2)
-            / params_dense,
+            "removed_share": 1
+            - replace(plan.source, vocab_size=len(plan.tokens)).num_parameters() / plan.source.num_parameters(),
         },
         "timings_s": timings,
         "perplexity": {

@@ -5,7 +5,7 @@ from .io import check_saved_plan, merged_state_dict, save_pruned
 from .masks import RuntimeMasks
 from .plan import PLAN_FILENAME, LayerPlan, PlanError, PruningPlan, top_indices
 from .prune import PLAN_ATTRIBUTE, apply_plan, compose_plans, count_parameters
-from .vocabulary import select_tokens, trim_tokenizer, trim_vocabulary
+from .vocabulary import remaining_sparsity, select_tokens, trim_tokenizer, trim_vocabulary
 
 __all__ = [
     "PLAN_ATTRIBUTE",
@@ -21,6 +21,7 @@ __all__ = [
     "compose_plans",
     "count_parameters",
     "merged_state_dict",
+    "remaining_sparsity",
     "save_pruned",
     "select_tokens",
     "top_indices",

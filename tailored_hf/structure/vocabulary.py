@@ -244,6 +244,22 @@ def trim_tokenizer(tokenizer: Any, tokens: Sequence[int]) -> Any:
     return trimmed
 
 
+def remaining_sparsity(target_sparsity: float, dense_params: int, trimmed_params: int) -> float:
+    """The share of a vocabulary-trimmed model (`trimmed_params`) that a structural method must remove so that
+    `target_sparsity` of the dense model's parameters (`dense_params`) are gone in all.
+
+    Raises:
+        `ValueError`: the trim alone already removes `target_sparsity` or more.
+    """
+    remaining = (target_sparsity * dense_params - (dense_params - trimmed_params)) / trimmed_params
+    if remaining <= 0:
+        raise ValueError(
+            f"The task vocabulary alone removes {1 - trimmed_params / dense_params:.1%} of the parameters, at least "
+            f"target_sparsity={target_sparsity}: raise target_sparsity or keep more of the vocabulary."
+        )
+    return remaining
+
+
 def trim_vocabulary(model: nn.Module, tokenizer: Any, tokens: Sequence[int]) -> tuple[nn.Module, Any]:
     """Trim `model` (embedding and LM-head rows, special token ids) and `tokenizer` to `tokens`, returning both.
 
