@@ -112,20 +112,23 @@ def tokenizer():
 BPE_SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>"]
 
 
-def train_bpe_tokenizer(texts: list[str], vocab_size: int = 600):
-    """A byte-level BPE (GPT-2 / LLaMA-3 / SmolLM style) trained on `texts`, with EOS and pad special tokens."""
+def train_bpe_tokenizer(texts: list[str], vocab_size: int = 600, special_tokens: dict[str, str] | None = None):
+    """A byte-level BPE (GPT-2 / LLaMA-3 / SmolLM style) trained on `texts`. `special_tokens` maps tokenizer roles to
+    their text (ids 0, 1, ... in that order); by default EOS and pad (`BPE_SPECIAL_TOKENS`)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    special_tokens = special_tokens or dict(zip(("eos_token", "pad_token"), BPE_SPECIAL_TOKENS))
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=BPE_SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size,
+        special_tokens=list(special_tokens.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(texts, trainer)
-    eos, pad = BPE_SPECIAL_TOKENS
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=pad)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **special_tokens)
 
 
 def token_rows(n: int = 16, length: int = 10, seed: int = 0):

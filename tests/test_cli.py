@@ -21,7 +21,7 @@ from tailored_hf.pipeline import PipelineConfig, run
 from tailored_hf.structure import PLAN_FILENAME, PruningPlan, apply_plan, count_parameters
 from tailored_hf.structure.simple import magnitude_plan
 
-from .conftest import REPO_ROOT, make_tiny_model, train_bpe_tokenizer
+from .conftest import REPO_ROOT, train_bpe_tokenizer
 from .hub.conftest import TINY_OVERRIDES, save_tiny_base
 
 BOOLQ_20 = REPO_ROOT / "recipes" / "tailored-llama" / "boolq-20.yaml"
@@ -176,24 +176,25 @@ class _PruneAtTrainEnd(PruningMethod):
         apply_plan(model, self.plan)
 
 
-def test_training_time_method_prunes_through_the_callback(tiny_base, tmp_path, monkeypatch):
+def train_end_config(base, tmp_path, monkeypatch, **overrides) -> PipelineConfig:
+    """A two-step PIQA run of `_PruneAtTrainEnd` (registered for the test) on the tiny `base`."""
     monkeypatch.setitem(METHOD_REGISTRY, "test_train_end", _PruneAtTrainEnd)
     monkeypatch.setattr(_PruneAtTrainEndConfig, "method_name", "test_train_end")
-    _PruneAtTrainEnd.events.clear()
-    cfg = PipelineConfig(
-        model=str(tiny_base),
+    settings = dict(k_shots=8, dev_size=6, eval_limit=4, ppl_windows=2, max_length=64, prompt="lm_eval")
+    return PipelineConfig(
+        model=str(base),
         task="piqa",
         method="test_train_end",
         target_sparsity=0.3,
-        k_shots=8,
-        dev_size=6,
-        eval_limit=4,
-        ppl_windows=2,
-        max_length=64,
-        prompt="lm_eval",
         output_dir=str(tmp_path / "out"),
         training_kwargs={"max_steps": 2},
+        **settings | overrides,
     )
+
+
+def test_training_time_method_prunes_through_the_callback(tiny_base, tmp_path, monkeypatch):
+    _PruneAtTrainEnd.events.clear()
+    cfg = train_end_config(tiny_base, tmp_path, monkeypatch)
     assert not cfg.prunes_before_training
     report = run(cfg)
     assert _PruneAtTrainEnd.events == ["init_end:peft", "train_end"]  # via PrunerCallback in the SFTTrainer
@@ -305,13 +306,8 @@ def tiny_bpe_base(tmp_path_factory):
     """A tiny random llama with a byte-level BPE tokenizer (trained on ARC-Easy text), saved as a local base."""
     from tailored_hf.data import label_free_texts, load_task_split
 
-    path = tmp_path_factory.mktemp("bpe-base") / "tiny"
     tokenizer = train_bpe_tokenizer(label_free_texts(load_task_split("arc_easy", "train"), "arc_easy"))
-    model = make_tiny_model("llama", vocab_size=len(tokenizer), num_hidden_layers=4, max_position_embeddings=256)
-    model.config.eos_token_id, model.config.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_base(tmp_path_factory.mktemp("bpe-base") / "tiny", tokenizer=tokenizer)
 
 
 def test_task_vocabulary_trims_before_pruning_and_resumes(tiny_bpe_base, tmp_path, capsys):
@@ -353,23 +349,7 @@ def test_task_vocabulary_trims_before_pruning_and_resumes(tiny_bpe_base, tmp_pat
 
 
 def test_task_vocabulary_with_a_method_that_prunes_during_training(tiny_bpe_base, tmp_path, monkeypatch):
-    monkeypatch.setitem(METHOD_REGISTRY, "test_train_end", _PruneAtTrainEnd)
-    monkeypatch.setattr(_PruneAtTrainEndConfig, "method_name", "test_train_end")
-    cfg = PipelineConfig(
-        model=str(tiny_bpe_base),
-        task="piqa",
-        method="test_train_end",
-        target_sparsity=0.3,
-        task_vocabulary=0.9,
-        k_shots=8,
-        dev_size=6,
-        eval_limit=4,
-        ppl_windows=2,
-        max_length=64,
-        prompt="lm_eval",
-        output_dir=str(tmp_path / "out"),
-        training_kwargs={"max_steps": 2},
-    )
+    cfg = train_end_config(tiny_bpe_base, tmp_path, monkeypatch, task_vocabulary=0.9)
     report = run(cfg)
     plan = PruningPlan.load(tmp_path / "out" / "model" / PLAN_FILENAME)
     assert plan.tokens is not None and plan.source.vocab_size == 600  # vocabulary and structure in one plan

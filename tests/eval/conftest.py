@@ -17,17 +17,11 @@ CORPUS = [
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from ..conftest import train_bpe_tokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<bos>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    return train_bpe_tokenizer(
+        CORPUS * 10, vocab_size=400, special_tokens={"bos_token": "<bos>", "eos_token": "<eos>"}
     )
-    tok.train_from_iterator(CORPUS * 10, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>")
 
 
 @pytest.fixture(scope="session")

@@ -82,13 +82,18 @@ def run_python(code: str, endpoint: str, hf_home: Path, timeout: int = 240) -> s
     )
 
 
-def save_tiny_base(path: Path, **overrides) -> Path:
-    """A tiny random llama + word-level tokenizer saved as a local base model (recipes accept local paths)."""
+def save_tiny_base(path: Path, tokenizer=None, **overrides) -> Path:
+    """A tiny random llama + a tokenizer (word-level by default) saved as a local base model (recipes accept local
+    paths); the model's vocabulary, EOS and pad ids follow a given `tokenizer`."""
     sizes = dict(num_hidden_layers=4, intermediate_size=64, max_position_embeddings=256)
+    if tokenizer is not None:
+        sizes.update(
+            vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+        )
     sizes.update(overrides)
     model = make_tiny_model("llama", **sizes)
     model.save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
+    (tokenizer or tiny_tokenizer()).save_pretrained(path)
     return path
 
 
