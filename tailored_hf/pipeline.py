@@ -226,22 +226,39 @@ def evaluation_and_train_splits(cfg: PipelineConfig) -> tuple[Any, Any]:
     data has a train split only gets `eval_limit` rows held out of a seeded shuffle of it (at most half); when it is
     also the training task, the dev slice and the shots come from the remaining rows only.
     """
-    splits = get_task(cfg.scored_task).splits
-    split = cfg.eval_split or next((name for name in ("validation", "test") if name in splits), None)
-    if split is not None:
+    held_out = _scored_rows_held_out_of_train(cfg)
+    if held_out is None:
+        splits = get_task(cfg.scored_task).splits
+        split = cfg.eval_split or next(name for name in ("validation", "test") if name in splits)
         evaluation = load_task_split(cfg.scored_task, split, data_dir=cfg.data_dir)
         evaluation = evaluation.select(range(min(cfg.eval_limit, len(evaluation))))
         return evaluation, load_task_split(cfg.task, "train", data_dir=cfg.data_dir)
+    evaluation, rest = held_out
+    logger.info(
+        "%s has no validation or test split here: scoring %d rows held out of train", cfg.scored_task, len(evaluation)
+    )
+    train_split = rest if cfg.scored_task == cfg.task else load_task_split(cfg.task, "train", data_dir=cfg.data_dir)
+    return evaluation, train_split
+
+
+def _scored_rows_held_out_of_train(cfg: PipelineConfig) -> tuple[Any, Any] | None:
+    """For a scored task without an evaluation split (no `eval_split`, validation or test): its train split, shuffled
+    with `seed`, as (the first `eval_limit` rows (at most half), the rest); None when it has an evaluation split."""
+    splits = get_task(cfg.scored_task).splits
+    if cfg.eval_split or any(name in splits for name in ("validation", "test")):
+        return None
     rows = load_task_split(cfg.scored_task, "train", data_dir=cfg.data_dir).shuffle(seed=cfg.seed)
     held_out = min(cfg.eval_limit, len(rows) // 2)
-    logger.info(
-        "%s has no validation or test split here: scoring %d rows held out of train", cfg.scored_task, held_out
-    )
-    if cfg.scored_task == cfg.task:
-        train_split = rows.select(range(held_out, len(rows)))
-    else:
-        train_split = load_task_split(cfg.task, "train", data_dir=cfg.data_dir)
-    return rows.select(range(held_out)), train_split
+    return rows.select(range(held_out)), rows.select(range(held_out, len(rows)))
+
+
+def scored_task_train_rows(cfg: PipelineConfig) -> Any | None:
+    """The train rows of the scored task (`eval_task`) that are not scored, when it is not the training task; None
+    when it is, or when it has no train split."""
+    if cfg.scored_task == cfg.task or "train" not in get_task(cfg.scored_task).splits:
+        return None
+    held_out = _scored_rows_held_out_of_train(cfg)
+    return load_task_split(cfg.scored_task, "train", data_dir=cfg.data_dir) if held_out is None else held_out[1]
 
 
 def evaluate_model(
@@ -276,13 +293,13 @@ def evaluate_model(
 def trim_to_task_vocabulary(model, tokenizer, cfg: PipelineConfig, train_split):
     """`cfg.task_vocabulary`: the model and tokenizer trimmed to the tokens of the task's train text (every choice of
     every row, in each prompt variant that may be trained or scored: `cfg.prompt` and the scored format, or every
-    registered variant when the prompt is selected later); returns `(model, tokenizer, target)`, `target` being the
-    share of the trimmed model that the method must remove for `cfg.target_sparsity` of the dense model's
-    parameters."""
+    registered variant when the prompt is selected later) and, with an `eval_task`, of its train rows that are not
+    scored (in those variants that it has); returns `(model, tokenizer, target)`, `target` being the share of the
+    trimmed model that the method must remove for `cfg.target_sparsity` of the dense model's parameters."""
     from collections import Counter
 
     from .data import label_free_texts
-    from .data.prompts import LM_EVAL_PROMPT
+    from .data.prompts import LM_EVAL_PROMPT, list_prompts
     from .data.selection import candidate_prompts
     from .structure.vocabulary import remaining_sparsity, select_tokens, token_counts, trim_vocabulary
 
@@ -291,6 +308,11 @@ def trim_to_task_vocabulary(model, tokenizer, cfg: PipelineConfig, train_split):
     counts: Counter[int] = Counter()
     for prompt in prompts:
         counts += token_counts(tokenizer, label_free_texts(train_split, cfg.task, prompt=prompt, tokenizer=tokenizer))
+    scored_rows = scored_task_train_rows(cfg)
+    if scored_rows is not None:  # an `eval_task`: scored in the same variants, where registered for it
+        for prompt in [p for p in prompts if p in list_prompts(cfg.scored_task)]:
+            texts = label_free_texts(scored_rows, cfg.scored_task, prompt=prompt, tokenizer=tokenizer)
+            counts += token_counts(tokenizer, texts)
     tokens = select_tokens(tokenizer, counts=counts, coverage=cfg.task_vocabulary)
     model, tokenizer = trim_vocabulary(model, tokenizer, tokens)
     trimmed = count_parameters(model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from typing import Any, ClassVar
 
@@ -287,7 +287,7 @@ def test_domain_recipes_run_on_the_shared_data(recipe, tiny_base, shared_data_di
 
 def test_tasks_with_a_train_split_only_hold_evaluation_rows_out(shared_data_dir):
     """CaseHOLD's local file is train only: the scored rows never reach the dev slice or the shots."""
-    from tailored_hf.pipeline import evaluation_and_train_splits
+    from tailored_hf.pipeline import evaluation_and_train_splits, scored_task_train_rows
 
     cfg = PipelineConfig(task="casehold", prompt="lm_eval", data_dir=str(shared_data_dir), eval_limit=300)
     evaluation, train = evaluation_and_train_splits(cfg)
@@ -299,6 +299,15 @@ def test_tasks_with_a_train_split_only_hold_evaluation_rows_out(shared_data_dir)
     assert len(evaluation) == 50 and len(train) == 500
     with pytest.raises(ValueError, match="no local split 'validation'"):
         evaluation_and_train_splits(PipelineConfig(task="pubmedqa", eval_split="validation", prompt="lm_eval"))
+    # Scored on CaseHOLD, trained on PIQA: CaseHOLD's train rows that are not scored (a task vocabulary counts them).
+    cfg = PipelineConfig(
+        task="piqa", eval_task="casehold", prompt="lm_eval", data_dir=str(shared_data_dir), eval_limit=300
+    )
+    evaluation, _ = evaluation_and_train_splits(cfg)
+    rest = scored_task_train_rows(cfg)
+    assert len(evaluation) + len(rest) == 2000
+    assert not {r["citing_prompt"] for r in evaluation} & {r["citing_prompt"] for r in rest}
+    assert scored_task_train_rows(replace(cfg, eval_task=None)) is None
 
 
 @pytest.fixture(scope="module")
@@ -378,3 +387,24 @@ def test_task_vocabulary_covers_every_prompt_that_selection_may_pick(tiny_bpe_ba
         assert 0 < target < cfg.target_sparsity
         sizes[prompt] = len(trimmed)
     assert sizes[None] > sizes["lm_eval"]
+
+
+def test_task_vocabulary_covers_the_eval_task(tiny_bpe_base):
+    """With an `eval_task`, the vocabulary also keeps the tokens of its train text: every token of that text."""
+    from tailored_hf import load_model
+    from tailored_hf.data import label_free_texts, load_task_split
+    from tailored_hf.pipeline import trim_to_task_vocabulary
+
+    train = load_task_split("piqa", "train").select(range(20))
+    arc = label_free_texts(load_task_split("arc_easy", "train"), "arc_easy")
+    trimmed = {}
+    for eval_task in (None, "arc_easy"):
+        model, tokenizer = load_model(str(tiny_bpe_base))
+        cfg = PipelineConfig(
+            model=str(tiny_bpe_base), task="piqa", eval_task=eval_task, prompt="lm_eval", task_vocabulary=1.0
+        )
+        trimmed[eval_task] = trim_to_task_vocabulary(model, tokenizer, cfg, train)[1]
+    assert len(trimmed["arc_easy"]) > len(trimmed[None])
+    ids = {text: tokenizer(text).input_ids for text in arc[:200]}
+    assert all(len(trimmed["arc_easy"](text).input_ids) == len(dense) for text, dense in ids.items())
+    assert any(len(trimmed[None](text).input_ids) > len(dense) for text, dense in ids.items())
