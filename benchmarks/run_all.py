@@ -46,7 +46,14 @@ from tailored_llama import (
 from training_overhead import memory_key
 
 sys.path.append(str(Path(__file__).resolve().parent / "peers"))
-from paired_comparison import informative_tasks, settings_text, share_text, shares, summary_table  # noqa: E402
+from paired_comparison import (  # noqa: E402
+    ablation_lines,
+    informative_tasks,
+    settings_text,
+    share_text,
+    shares,
+    summary_table,
+)
 from task_lora_lr import moonshot_reading, rate_rows  # noqa: E402
 
 REPORT = ROOT / "benchmarks" / "REPORT.md"
@@ -769,6 +776,8 @@ def paired_share_lines(paired: Sequence[dict[str, Any]]) -> list[str]:
                 + f"{status} |"
             )
         lines.append("")
+        ablation = ablation_lines(data)  # our models paired with each other on the same items
+        lines += [*ablation[1:], ""] if ablation else []
     return lines
 
 

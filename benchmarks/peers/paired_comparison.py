@@ -31,6 +31,11 @@ Pairs, ours vs the peer after the same training budget:
   `benchmarks/task_lora_lr.py` chose for the L0 model at this ratio (on held-out train items, no validation score
   used; run it first), given to the peer and the dense control alike: does the larger rate's gain on its 200 items
   hold on these? Its first 200 items (BoolQ 100) are checked against `task_lora_lr`'s cells at that rate.
+- "vocab C4 LoRA" / "vocab C4 + task LoRA": `tailored_llama`'s "vocab_l0" (the 7 tasks' vocabulary trimmed, then
+  NutePrune's L0 masks and their C4 LoRA remove the rest of the ratio; scored and tuned with its own tokenizer) vs
+  the same peer. In a table of its own (`ABLATION_PAIRS`), the same model + task LoRA vs the "l0" model + task LoRA
+  at the same ratio (and both untuned): what the task vocabulary adds, on these items; and the dense model trimmed to
+  that vocabulary alone, untuned, vs dense: the trim's own cost.
 
 Every model is rebuilt deterministically (same calibration, seeds and settings as the committed cells), so the mean
 over the first 200 items (BoolQ 100) of each cell is checked against the committed 200-item cell of
@@ -102,6 +107,12 @@ C4_MODELS: dict[str, tuple[dict[str, Any], str, str, str]] = {
         f"NutePrune L0 + its C4 LoRA, {LONG_C4_STEPS} steps",
         "long_c4_lora",
         "long_c4_task_lora",
+    ),
+    "vocab_l0": (
+        EXTRA_CONFIGS["vocab_l0"],
+        "task vocabulary + NutePrune L0 + its C4 LoRA",
+        "vocab_c4_lora",
+        "vocab_c4_task_lora",
     ),
 }
 
@@ -184,6 +195,28 @@ PAIRS: dict[str, tuple[str, str, str]] = (
         for pair, (name, budget) in BUDGET_PAIRS.items()
     }
 )
+#: Our models against each other at the same ratio: name -> (cell prefix, cell prefix of the model it is compared
+#: with, label); rendered apart from the peer pairs, whenever both are measured.
+ABLATION_PAIRS: dict[str, tuple[str, str, str]] = {
+    "vocabulary_alone": (
+        "vocabulary/pruned",
+        "dense",
+        "task vocabulary alone (nothing else pruned) vs dense, neither tuned: the cost of the trim",
+    ),
+    "vocabulary_untuned": (
+        "vocab_l0/pruned",
+        "l0/pruned",
+        "task vocabulary + NutePrune L0 vs NutePrune L0 alone, each + its C4 LoRA",
+    ),
+    "vocabulary": (
+        "vocab_l0/task",
+        "l0/task",
+        "task vocabulary + NutePrune L0 vs NutePrune L0 alone, each + its C4 LoRA + task LoRA",
+    ),
+}
+#: The model of the "vocabulary_alone" pair: the dense model trimmed to `C4_MODELS["vocab_l0"]`'s task vocabulary,
+#: nothing else pruned; scored (untuned) in runs that ask for a "vocab_l0" pair.
+VOCABULARY_ALONE = "vocabulary"
 #: Where each of our / the peer's cells was first measured on 200 items: (file, or the stem of a script's results per
 #: ratio (`results_path`), cell key with `{tag}`, `{imp}`, `{rate}`); the models of the larger C4 budget have none.
 COMMITTED: dict[str, tuple[Path | str, str]] = (
@@ -244,6 +277,7 @@ def build_share_rows() -> tuple[tuple[str, str, str | None], ...]:
     for name, (overrides, label, _, _) in C4_MODELS.items():
         dense = dense_c4_prefix(overrides.get("c4_steps"))
         rows += [(f"{name}/pruned", label, dense), (f"{name}/task", f"{label} + task LoRA", f"{dense}/task")]
+    rows.append((f"{VOCABULARY_ALONE}/pruned", "task vocabulary alone, no tuning", "dense"))
     for name, task_budget in BUDGET_PAIRS.values():
         overrides, label, *_ = C4_MODELS[name]
         steps, kind, tuned = overrides.get("c4_steps"), task_budget.kind, f"task LoRA{task_budget.label}"
@@ -421,8 +455,19 @@ def main() -> None:
         if bench.missing(f"{name}/pruned", *(f"{name}/{budget.kind}" for budget in budgets)):
             model, _ = bench.pruned(args.ratio, **overrides)
             bench.record_params(name, model, config_at(overrides, args.ratio))
-            bench.model_cells(model, name, budgets)
+            with bench.scoring_with(bench.tokenizer_for(overrides)):  # a task vocabulary's model: its own tokenizer
+                bench.model_cells(model, name, budgets)
             del model
+    coverage = C4_MODELS["vocab_l0"][0]["vocabulary_coverage"]
+    if "vocab_l0" in budgets_of and bench.missing(f"{VOCABULARY_ALONE}/pruned"):  # the trim's own cost
+        from tailored_hf.structure.vocabulary import trim_vocabulary
+
+        tokens, tokenizer = bench.task_vocabulary(coverage)
+        model = trim_vocabulary(copy.deepcopy(bench.model), bench.dense_tokenizer, tokens)[0]
+        bench.record_params(VOCABULARY_ALONE, model, {"vocabulary_coverage": coverage})
+        with bench.scoring_with(tokenizer):
+            bench.model_cells(model, VOCABULARY_ALONE)
+        del model
     if args.dense:  # first: the dense + same tune controls are what the shares are read against
         bench.cell("dense", lambda: bench.evaluate(bench.model, args.tasks), model=bench.model)
         if "task_lora" in args.pairs:
@@ -500,14 +545,14 @@ def committed_check(prefix: str, scores: dict[str, list[float]], data: dict[str,
     return f"equal on all {len(rebuilt)} tasks"
 
 
-def pair_results(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """One entry per pair: its label, and once both models are measured their per-item scores, 7-task means, paired
-    difference ([`PairedDifference`]) and unpaired standard error."""
+def pair_results(data: dict[str, Any], pairs: dict[str, tuple[str, str, str]] = PAIRS) -> list[dict[str, Any]]:
+    """One entry per pair of `pairs` (`PAIRS` or `ABLATION_PAIRS`): its label, and once both models are measured their
+    per-item scores, 7-task means, paired difference ([`PairedDifference`]) and unpaired standard error."""
     s = data["settings"]
     tasks, tag, imp = s["tasks"], f"{s['ratio']:.0%}", s["importance"]
     cells = {k: v["value"] for k, v in data["cells"].items()}
     results = []
-    for name, (ours_prefix, peer_pattern, label) in PAIRS.items():
+    for name, (ours_prefix, peer_pattern, label) in pairs.items():
         entry: dict[str, Any] = {"name": name, "label": fill(label, data), "prefixes": (ours_prefix, peer_pattern)}
         ours = item_scores(cells, tag, ours_prefix, tasks)
         peer = item_scores(cells, tag, peer_pattern.format(imp=imp), tasks)
@@ -601,18 +646,26 @@ def verdict_text(paired) -> str:
     return ("yes" if paired.difference > 0 else "NO") + resolved
 
 
-def summary_table(data: dict[str, Any]) -> list[str]:
-    """The pairs as a Markdown table (also `run_all.py`'s)."""
+def summary_table(
+    data: dict[str, Any],
+    pairs: dict[str, tuple[str, str, str]] = PAIRS,
+    sides: tuple[str, str] = ("ours", "peer"),
+    measured_only: bool = False,
+) -> list[str]:
+    """`pairs` as a Markdown table (also `run_all.py`'s), its two models' columns headed `sides`; a pair not measured
+    yet is a row saying so, or left out with `measured_only`."""
     informative = informative_tasks(data)
     dropped = [t for t in data["settings"]["tasks"] if informative is not None and t not in informative]
     without = f"without {', '.join(dropped)} (dense within {100 * NEAR_CHANCE:.0f} points of chance)"
     lines = [
-        "| pair | ours | peer | difference (paired stderr) | z | unpaired stderr | ours ahead? |"
+        f"| pair | {sides[0]} | {sides[1]} | difference (paired stderr) | z | unpaired stderr | {sides[0]} ahead? |"
         + (f" {without}: difference (stderr), z |" if dropped else ""),
         "|---|---|---|---|---|---|---|" + ("---|" if dropped else ""),
     ]
-    for entry in pair_results(data):
+    for entry in pair_results(data, pairs):
         if "paired" not in entry:
+            if measured_only:
+                continue
             lines.append(f"| {entry['label']} | not measured | | | | | |" + (" |" if dropped else ""))
             continue
         paired = entry["paired"]
@@ -628,6 +681,19 @@ def summary_table(data: dict[str, Any]) -> list[str]:
             )
         lines.append(row)
     return lines
+
+
+def ablation_lines(data: dict[str, Any]) -> list[str]:
+    """The measured `ABLATION_PAIRS` as a paragraph and table (none measured: no lines)."""
+    table = summary_table(data, ABLATION_PAIRS, sides=("A", "B"), measured_only=True)
+    if len(table) == 2:
+        return []
+    return [
+        "",
+        'Our models against each other, pair "A vs B" (the same items, the same paired difference A - B):',
+        "",
+        *table,
+    ]
 
 
 def settings_text(data: dict[str, Any]) -> str:
@@ -652,6 +718,7 @@ def render(data: dict[str, Any]) -> str:
         settings_text(data),
         "",
         *summary_table(data),
+        *ablation_lines(data),
     ]
     checks = [
         (dense, committed_check(dense, dense_items, data))
@@ -720,7 +787,8 @@ def render(data: dict[str, Any]) -> str:
             *(f"{peer_c4_prefix(steps)}/pruned" for steps in C4_BUDGETS),
             *(dense_c4_prefix(steps) for steps in C4_BUDGETS),
         )
-        if f"{tag}/{prefix.format(imp=imp)}" in cells
+        # None: a task vocabulary's model, whose per-token perplexity is another tokenizer's
+        if cells.get(f"{tag}/{prefix.format(imp=imp)}", {}).get("wikitext2_ppl") is not None
     ]
     if ppl_rows:
         lines += [

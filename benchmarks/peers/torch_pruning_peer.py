@@ -333,15 +333,8 @@ class PeerBench(Bench):
     run_options = RUN_OPTIONS
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self.load_cache(args)
-        from tailored_hf.data import load_lm_text
-        from tailored_hf.loading import load_model
-
-        self.model, self.tokenizer = load_model(args.model)
+        super().__init__(args)
         self.model.eval()
-        self.wikitext = self.tokenizer(
-            load_lm_text("wikitext2", data_dir=args.data_dir), return_tensors="pt"
-        ).input_ids[0]
         self.dense_params = count_parameters(self.model)
         self.calibration = calibration_for(DepGraphConfig(seed=args.seed), self.tokenizer, data_dir=args.data_dir)
         self._grads: dict[str, torch.Tensor] | None = None
