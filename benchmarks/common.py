@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +69,18 @@ def write_markdown(out: str, text: str) -> None:
     """Writes the rendered report to `<out>.md` (atomically) and prints it."""
     atomic_write_text(Path(out + ".md"), text)
     print(text)
+
+
+def begin_run(
+    parse_args: Callable[[], argparse.Namespace], render: Callable[[dict[str, Any]], str], seed: int | None = 0
+) -> argparse.Namespace | None:
+    """How a benchmark's `main` starts: INFO logging, `torch.manual_seed(seed)` (unless None) and its arguments; with
+    `--report-only`, the Markdown rendered from the cached `<out>.json` instead, and None returned."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if seed is not None:
+        torch.manual_seed(seed)
+    args = parse_args()
+    if args.report_only:
+        write_markdown(args.out, render(read_results(args.out)))
+        return None
+    return args

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.append(str(Path(__file__).resolve().parent))
 
-from common import add_model_arguments, model_fingerprint, read_results, results_path, write_markdown  # noqa: E402
+from common import add_model_arguments, begin_run, model_fingerprint, results_path, write_markdown  # noqa: E402
 from tailored_llama import CHANCE, EXTRA_CONFIGS, NEAR_CHANCE, VOCABULARY_CONFIGS, Bench  # noqa: E402
 from tailored_llama import parse_args as bench_arguments  # noqa: E402
 
@@ -91,10 +90,8 @@ def scores(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    args = parse_args()
-    if args.report_only:
-        write_markdown(args.out, render(read_results(args.out)))
+    args = begin_run(parse_args, render, seed=None)
+    if args is None:
         return
     bench = Bench(bench_arguments(["--model", args.model, "--data-dir", args.data_dir]))
     key = f"{args.ratio:.0%}/{args.config}/pruned"

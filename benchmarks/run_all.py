@@ -55,6 +55,9 @@ from paired_comparison import (  # noqa: E402
     summary_table,
 )
 from task_lora_lr import moonshot_reading, rate_rows  # noqa: E402
+from vocabulary_coverage import MODEL as COVERAGE_MODEL  # noqa: E402
+from vocabulary_coverage import chosen_coverage, coverages_in, mean_over  # noqa: E402
+from vocabulary_coverage import informative as coverage_informative  # noqa: E402
 
 REPORT = ROOT / "benchmarks" / "REPORT.md"
 SCRIPTS = {
@@ -68,6 +71,7 @@ SCRIPTS = {
     "task_lora_lr_20": ROOT / "benchmarks" / "task_lora_lr.py",
     "paired_comparison_50": ROOT / "benchmarks" / "peers" / "paired_comparison.py",
     "paired_comparison_20": ROOT / "benchmarks" / "peers" / "paired_comparison.py",
+    "vocabulary_coverage_20": ROOT / "benchmarks" / "vocabulary_coverage.py",
     "nuteprune": ROOT / "benchmarks" / "nuteprune.py",
 }
 #: Arguments per script; NutePrune's quality runs take hours (`benchmarks/nuteprune.py` alone runs them; a run with
@@ -76,6 +80,7 @@ SCRIPT_ARGS = {
     "nuteprune": ["--skip-quality"],
     "paired_comparison_20": ["--ratio", "0.2"],
     "task_lora_lr_20": ["--ratio", "0.2"],
+    "vocabulary_coverage_20": ["--ratio", "0.2"],
 }
 #: Issue 9's targets.
 IMPORTANCE_TIME_TARGET = 1.2  # ours / one plain forward + backward over the same tokens
@@ -633,6 +638,7 @@ def moonshot_section(
     paired: Sequence[dict[str, Any]] = (),
     task_rates: Sequence[dict[str, Any]] = (),
     rebuilds: Sequence[dict[str, Any]] = (),
+    coverages: Sequence[dict[str, Any]] = (),
 ) -> list[str]:
     lines = ["## 5. The moonshot: share of the dense 7-task mean kept after task-specific recovery", ""]
     if ours is None:
@@ -697,7 +703,51 @@ def moonshot_section(
             "prior alone.",
         ]
     lines += rebuild_lines(rebuilds)
-    return lines + ["", *paired_share_lines(paired), *task_rate_lines(task_rates)]
+    return lines + ["", *paired_share_lines(paired), *task_rate_lines(task_rates), *coverage_lines(coverages)]
+
+
+def coverage_lines(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """The task vocabulary's coverage chosen on held-out train items (`benchmarks/vocabulary_coverage.py`), per
+    ratio: the untuned models' selection means and the choice, with the chosen model's validation means beside."""
+    lines = []
+    for data in sorted(runs, key=lambda d: d["settings"]["ratio"]):
+        s, cells = data["settings"], {k: v["value"] for k, v in data["cells"].items()}
+        dense = cells.get("dense")
+        if dense is None or not coverages_in(data):
+            continue
+        tasks = s["tasks"]
+        picked = coverage_informative(dense, "selection", tasks)
+        shown = coverage_informative(dense, "validation", tasks)
+        parts = []
+        for coverage in coverages_in(data):
+            alone = mean_over(cells.get(f"{coverage}/alone"), "selection", picked)
+            model = mean_over(cells.get(f"{coverage}/{COVERAGE_MODEL}"), "selection", picked)
+            removed = data["params"][str(coverage)].get("trimmed")
+            parts.append(
+                f"{coverage:g} ({'—' if removed is None else f'{removed:.1%}'} of the parameters trimmed): "
+                f"{pct(alone)} / {pct(model)}"
+            )
+        chosen = chosen_coverage(data)
+        text = (
+            f"The task vocabulary's coverage at {s['ratio']:.0%}, chosen on held-out train items "
+            f"(`benchmarks/results/vocabulary_coverage_{round(100 * s['ratio'])}.md`; {s['selection_limit']} per "
+            "task, none of them counted in the vocabulary, none a task shot; untuned models). Mean on the tasks where "
+            f"dense beats chance there ({', '.join(picked)}; dense {pct(mean_over(dense, 'selection', picked))}), the "
+            "trim "
+            f"alone / the trim + NutePrune L0 for the rest: {'; '.join(parts)}. "
+        )
+        if chosen is None:
+            text += "Not every coverage is scored yet: none chosen."
+        else:
+            cell = cells[f"{chosen}/{COVERAGE_MODEL}"]
+            text += (
+                f"Chosen: {chosen:g}. Its model on the validation items (reported only; first {s['limit']} per task, "
+                f"BoolQ {s['boolq_limit']}): {pct(mean_over(cell, 'validation', tasks))} on the {len(tasks)} tasks, "
+                f"{pct(mean_over(cell, 'validation', shown))} on {', '.join(shown)} "
+                f"(dense {pct(mean_over(dense, 'validation', tasks))} / {pct(mean_over(dense, 'validation', shown))})."
+            )
+        lines += [text, ""]
+    return lines
 
 
 def rebuild_lines(rebuilds: Sequence[dict[str, Any]]) -> list[str]:
@@ -853,6 +903,7 @@ def render(
     paired=(),
     task_rates=(),
     rebuilds=(),
+    coverages=(),
 ) -> str:
     lines = [
         "# tailored_hf performance report (issue 9)",
@@ -866,7 +917,7 @@ def render(
     lines += overhead_section(overhead, nuteprune)
     lines += inference_section(perf)
     lines += peer_section(ours, peer, paired)
-    lines += moonshot_section(ours, nuteprune, atp, paired, task_rates, rebuilds)
+    lines += moonshot_section(ours, nuteprune, atp, paired, task_rates, rebuilds, coverages)
     lines += gpu_section(*gpu)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -888,6 +939,7 @@ def main() -> None:
         [load(path.stem) for path in sorted(RESULTS_DIR.glob("paired_comparison_*.json"))],
         [load(path.stem) for path in sorted(RESULTS_DIR.glob("task_lora_lr_*.json"))],
         [load(path.stem) for path in sorted(RESULTS_DIR.glob("rebuild_check_*.json"))],
+        [load(path.stem) for path in sorted(RESULTS_DIR.glob("vocabulary_coverage_*.json"))],
     )
     REPORT.write_text(text)
     print(text)

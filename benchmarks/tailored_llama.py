@@ -43,8 +43,8 @@ from common import (
     RESULTS_DIR,
     ROOT,
     add_model_arguments,
+    begin_run,
     model_fingerprint,
-    read_results,
     write_markdown,
 )
 
@@ -198,6 +198,9 @@ class Bench:
     run_options: tuple[str, ...] = RUN_OPTIONS
     #: Keep every item's primary-metric score in the cells (a `"0"`/`"1"` string per task), for paired comparisons.
     keep_items: bool = False
+    #: Appended to the cache names of models with a task vocabulary, for a subclass that counts it on other rows
+    #: (`vocabulary_rows`).
+    vocabulary_tag: str = ""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.load_cache(args)
@@ -217,12 +220,15 @@ class Bench:
         if coverage not in self.task_tokenizers:
             counts: Counter[int] = Counter()
             for task in COMMONSENSE_TASKS:
-                rows = load_task_split(task, "train", data_dir=self.args.data_dir)
-                counts += token_counts(self.dense_tokenizer, label_free_texts(rows, task))
+                counts += token_counts(self.dense_tokenizer, label_free_texts(self.vocabulary_rows(task), task))
             tokens = select_tokens(self.dense_tokenizer, counts=counts, coverage=coverage)
             self.task_tokenizers[coverage] = tokens, trim_tokenizer(self.dense_tokenizer, tokens)
             logger.info("Task vocabulary at coverage %g: %d of %d tokens", coverage, len(tokens), len(counts))
         return self.task_tokenizers[coverage]
+
+    def vocabulary_rows(self, task: str):
+        """The rows of `task` whose text the task vocabulary counts: its whole train split."""
+        return load_task_split(task, "train", data_dir=self.args.data_dir)
 
     def vocabulary_model(self, coverage: float, ratio: float) -> tuple[torch.nn.Module, Any, float]:
         """A copy of the dense model trimmed to the task vocabulary at `coverage`, its tokenizer, and the share of it
@@ -382,6 +388,7 @@ class Bench:
         if overrides.get("generic_lora") == "c4":
             rest = {k: v for k, v in overrides.items() if k not in ("generic_lora", "c4_steps")}
             name = "".join(f"-{k}={v}" for k, v in sorted(rest.items()))
+            name += self.vocabulary_tag if "vocabulary_coverage" in rest else ""
             tokenizer = self.tokenizer_for(overrides)
             return self.cached_model(
                 f"depgraph{name}-c4lora{c4_budget_suffix(c4_steps)}-{ratio}-seed{self.args.seed}",
@@ -429,7 +436,7 @@ class Bench:
             return merged
 
         constraint = "" if sparsity_constraint == L0_DEFAULT_CONSTRAINT else f"-{sparsity_constraint}"
-        vocabulary = "" if vocabulary_coverage is None else f"-vocabulary{vocabulary_coverage}"
+        vocabulary = "" if vocabulary_coverage is None else f"-vocabulary{vocabulary_coverage}{self.vocabulary_tag}"
         budget = c4_budget_suffix(c4_steps)
         name = f"nuteprune-{distillation}{constraint}{vocabulary}{budget}-{ratio}-seed{self.args.seed}"
         return self.cached_model(name, train)
@@ -470,11 +477,8 @@ class Bench:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.manual_seed(0)
-    args = parse_args()
-    if args.report_only:  # e.g. while a long run is still filling the cache
-        write_markdown(args.out, render(read_results(args.out)))
+    args = begin_run(parse_args, render)  # None with --report-only (e.g. while a long run is still filling the cache)
+    if args is None:
         return
     if args.extra_ratios is not None and not set(args.extra_ratios) <= set(args.ratios):
         raise SystemExit(f"--extra-ratios {args.extra_ratios} must be among --ratios {args.ratios}")

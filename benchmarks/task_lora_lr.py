@@ -40,11 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 sys.path.append(str(Path(__file__).resolve().parent))
 
-from common import MOONSHOT_TARGETS, add_model_arguments, read_results, results_path, write_markdown  # noqa: E402
+from common import MOONSHOT_TARGETS, add_model_arguments, begin_run, results_path, write_markdown  # noqa: E402
 from tailored_llama import (  # noqa: E402
     CHANCE,
     EXTRA_CONFIGS,
@@ -99,15 +98,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def selection_items(task: str, args: argparse.Namespace):
-    """Held-out train items of `task`: a seeded draw of the train split without the K shots the adapters train on."""
+def selection_rows(task: str, args: argparse.Namespace) -> list[int]:
+    """Row numbers of the held-out train items of `task` (in order): a seeded draw of the train split without the K
+    shots the adapters train on."""
     train = load_task_split(task, "train", data_dir=args.data_dir)
     # The draw depends on the row count, the labels and the seed only, so the extra column leaves it as `Bench.shots`'.
     numbered = train.add_column("_row", list(range(len(train))))
     shots = set(sample_k_shots(numbered, args.k, seed=args.seed, task=task)["_row"])
     limit = args.selection_boolq_limit if task == "boolq" else args.selection_limit
     order = np.random.default_rng(args.seed + SELECTION_SEED_OFFSET).permutation(len(train)).tolist()
-    return train.select(sorted([row for row in order if row not in shots][:limit]))
+    return sorted([row for row in order if row not in shots][:limit])
+
+
+def selection_items(task: str, args: argparse.Namespace):
+    """Held-out train items of `task` (`selection_rows`)."""
+    return load_task_split(task, "train", data_dir=args.data_dir).select(selection_rows(task, args))
+
+
+def selection_score(model, tokenizer, rows, task: str) -> dict[str, Any]:
+    """The primary metric of `model` on `rows` of `task` (held-out train items), scored as `evaluate_tasks` does."""
+    items = map_for_scoring(rows, task, prompt="lm_eval")
+    model.eval()
+    scored = score_multiple_choice(model, tokenizer, items, packed=True).to_dict()
+    return {"score": scored[PRIMARY_METRIC[task]], "n": scored["n"]}
 
 
 class RateBench(Bench):
@@ -136,10 +149,7 @@ class RateBench(Bench):
 
     def select_score(self, model, task: str) -> dict[str, Any]:
         """The primary metric of `model` on `task`'s selection items."""
-        items = map_for_scoring(self.selection[task], task, prompt="lm_eval")
-        model.eval()
-        scored = score_multiple_choice(model, self.tokenizer, items, packed=True).to_dict()  # as `evaluate_tasks`
-        return {"score": scored[PRIMARY_METRIC[task]], "n": scored["n"]}
+        return selection_score(model, self.tokenizer, self.selection[task], task)
 
     def untuned_cell(self, model, name: str) -> None:
         def run() -> dict[str, Any]:
@@ -186,11 +196,8 @@ def chosen_rate(cells: dict[str, Any], name: str, rates: list[float], tasks: lis
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.manual_seed(0)
-    args = parse_args()
-    if args.report_only:
-        write_markdown(args.out, render(read_results(args.out)))
+    args = begin_run(parse_args, render)
+    if args is None:
         return
     bench = RateBench(args)
     rates = sorted(args.learning_rates)

@@ -71,7 +71,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.append(str(ROOT / "benchmarks"))
 sys.path.append(str(ROOT / "benchmarks" / "peers"))
 
-from common import RESULTS_DIR, add_model_arguments, read_results, results_path, write_markdown  # noqa: E402
+from common import RESULTS_DIR, add_model_arguments, begin_run, results_path, write_markdown  # noqa: E402
 from tailored_llama import (  # noqa: E402
     CHANCE,
     EXTRA_CONFIGS,
@@ -421,11 +421,8 @@ class PairedBench(PeerBench):
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.manual_seed(0)
-    args = parse_args()
-    if args.report_only:
-        write_markdown(args.out, render(read_results(args.out)))
+    args = begin_run(parse_args, render)
+    if args is None:
         return
     bench = PairedBench(args)
     imp = args.importance
