@@ -254,8 +254,8 @@ def _scored_rows_held_out_of_train(cfg: PipelineConfig) -> tuple[Any, Any] | Non
 
 def scored_task_train_rows(cfg: PipelineConfig) -> Any | None:
     """The train rows of the scored task (`eval_task`) that are not scored, when it is not the training task; None
-    when it is, or when it has no train split."""
-    if cfg.scored_task == cfg.task or "train" not in get_task(cfg.scored_task).splits:
+    when it is, when it has no train split, or when its train split is the one scored (`eval_split="train"`)."""
+    if cfg.scored_task == cfg.task or "train" not in get_task(cfg.scored_task).splits or cfg.eval_split == "train":
         return None
     held_out = _scored_rows_held_out_of_train(cfg)
     return load_task_split(cfg.scored_task, "train", data_dir=cfg.data_dir) if held_out is None else held_out[1]

@@ -308,6 +308,7 @@ def test_tasks_with_a_train_split_only_hold_evaluation_rows_out(shared_data_dir)
     assert len(evaluation) + len(rest) == 2000
     assert not {r["citing_prompt"] for r in evaluation} & {r["citing_prompt"] for r in rest}
     assert scored_task_train_rows(replace(cfg, eval_task=None)) is None
+    assert scored_task_train_rows(replace(cfg, eval_task="arc_easy", eval_split="train")) is None  # all scored
 
 
 @pytest.fixture(scope="module")
