@@ -230,16 +230,21 @@ class Bench:
         """The rows of `task` whose text the task vocabulary counts: its whole train split."""
         return load_task_split(task, "train", data_dir=self.args.data_dir)
 
-    def vocabulary_model(self, coverage: float, ratio: float) -> tuple[torch.nn.Module, Any, float]:
-        """A copy of the dense model trimmed to the task vocabulary at `coverage`, its tokenizer, and the share of it
-        that a structural method must remove for `ratio` of the dense model's parameters."""
-        from tailored_hf.structure.vocabulary import remaining_sparsity, trim_vocabulary
+    def trimmed_model(self, coverage: float) -> tuple[torch.nn.Module, Any, list[int]]:
+        """A copy of the dense model trimmed to the task vocabulary at `coverage` (nothing else pruned), its tokenizer
+        and the kept token ids."""
+        from tailored_hf.structure.vocabulary import trim_vocabulary
 
         tokens, tokenizer = self.task_vocabulary(coverage)
-        model = copy.deepcopy(self.model)
-        dense = count_parameters(model)
-        trim_vocabulary(model, self.dense_tokenizer, tokens)
-        return model, tokenizer, remaining_sparsity(ratio, dense, count_parameters(model))
+        return trim_vocabulary(copy.deepcopy(self.model), self.dense_tokenizer, tokens)[0], tokenizer, tokens
+
+    def vocabulary_model(self, coverage: float, ratio: float) -> tuple[torch.nn.Module, Any, float]:
+        """`trimmed_model(coverage)`'s model and tokenizer, and the share of the model that a structural method must
+        remove for `ratio` of the dense model's parameters."""
+        from tailored_hf.structure.vocabulary import remaining_sparsity
+
+        model, tokenizer, _ = self.trimmed_model(coverage)
+        return model, tokenizer, remaining_sparsity(ratio, count_parameters(self.model), count_parameters(model))
 
     def tokenizer_for(self, overrides: dict[str, Any]):
         """The tokenizer of a configuration: the task vocabulary's when it trims one, the dense model's otherwise."""
@@ -550,10 +555,7 @@ def main() -> None:
     for coverage in coverages:  # the cost of the task vocabulary alone: trimmed, nothing else pruned, no tune
         key = f"vocabulary/{coverage}"
         if key not in bench.data["cells"] or key not in bench.data.get("params", {}):
-            from tailored_hf.structure.vocabulary import trim_vocabulary
-
-            tokens, tokenizer = bench.task_vocabulary(coverage)
-            model = trim_vocabulary(copy.deepcopy(bench.model), bench.dense_tokenizer, tokens)[0]
+            model, tokenizer, tokens = bench.trimmed_model(coverage)
             bench.data.setdefault("params", {})[key] = {
                 "dense": dense_params,
                 "pruned": count_parameters(model),

@@ -71,15 +71,21 @@ RUN_OPTIONS = ("out", "report_only", "learning_rates", "dense_rates")
 logger = logging.getLogger("task_lora_lr")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_arguments(parser)
-    parser.add_argument("--ratio", type=float, default=0.5, help="fraction of total parameters removed")
+def add_item_arguments(parser: argparse.ArgumentParser) -> None:
+    """The tasks and both item sets: `tailored_llama.py`'s validation items and the held-out train items that
+    `selection_rows` draws (shared by the scripts that choose on those)."""
     parser.add_argument("--tasks", nargs="+", default=list(COMMONSENSE_TASKS))
     parser.add_argument("--limit", type=int, default=200, help="validation items per task (tailored_llama's)")
     parser.add_argument("--boolq-limit", type=int, default=100, help="BoolQ validation items (tailored_llama's)")
     parser.add_argument("--selection-limit", type=int, default=200, help="held-out train items per task")
     parser.add_argument("--selection-boolq-limit", type=int, default=100, help="held-out BoolQ train items")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(parser)
+    parser.add_argument("--ratio", type=float, default=0.5, help="fraction of total parameters removed")
+    add_item_arguments(parser)
     parser.add_argument("--ppl-windows", type=int, default=40, help="WikiText-2 windows of 128 tokens")
     parser.add_argument(
         "--learning-rates", type=float, nargs="+", default=list(LEARNING_RATES), help="task-LoRA rates swept"

@@ -26,7 +26,6 @@ another coverage may keep more of the dense model. This script chooses the cover
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import sys
 from pathlib import Path
@@ -36,7 +35,7 @@ sys.path.append(str(Path(__file__).resolve().parent))
 
 from common import add_model_arguments, begin_run, results_path, write_markdown  # noqa: E402
 from tailored_llama import CHANCE, EXTRA_CONFIGS, NEAR_CHANCE, Bench, add_recovery_arguments  # noqa: E402
-from task_lora_lr import selection_rows, selection_score  # noqa: E402
+from task_lora_lr import add_item_arguments, selection_items, selection_rows, selection_score  # noqa: E402
 
 from tailored_hf.data import load_task_split  # noqa: E402
 from tailored_hf.eval import COMMONSENSE_TASKS  # noqa: E402
@@ -56,11 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_model_arguments(parser)
     parser.add_argument("--ratio", type=float, default=0.2, help="fraction of total parameters removed")
     parser.add_argument("--coverages", type=float, nargs="+", default=list(COVERAGES), help="coverages compared")
-    parser.add_argument("--tasks", nargs="+", default=list(COMMONSENSE_TASKS))
-    parser.add_argument("--limit", type=int, default=200, help="validation items per task (tailored_llama's)")
-    parser.add_argument("--boolq-limit", type=int, default=100, help="BoolQ validation items (tailored_llama's)")
-    parser.add_argument("--selection-limit", type=int, default=200, help="held-out train items per task")
-    parser.add_argument("--selection-boolq-limit", type=int, default=100, help="held-out BoolQ train items")
+    add_item_arguments(parser)
     parser.add_argument("--ppl-windows", type=int, default=40, help="WikiText-2 windows (dense model only)")
     add_recovery_arguments(parser)
     parser.add_argument("--out", help=f"results path without suffix (default: {RESULTS_STEM}_<percent>)")
@@ -78,6 +73,7 @@ class CoverageBench(Bench):
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)
         self.held_out = {task: selection_rows(task, args) for task in COMMONSENSE_TASKS}
+        self.selection = {task: selection_items(task, args) for task in args.tasks}
         # The held-out rows shape the vocabulary, so they name the cached models (a smoke run's differ).
         self.vocabulary_tag = f"-without_selection{args.selection_limit}_{args.selection_boolq_limit}_seed{args.seed}"
 
@@ -92,13 +88,10 @@ class CoverageBench(Bench):
 
         def run() -> dict[str, Any]:
             tasks = self.args.tasks
-            selection = {t: selection_score(model, self.tokenizer, self.selection_set(t), t) for t in tasks}
+            selection = {t: selection_score(model, self.tokenizer, self.selection[t], t) for t in tasks}
             return {**(self.evaluate(model, tasks) if validation else {"tasks": {}}), "selection": selection}
 
         self.cell(key, run, model=model)
-
-    def selection_set(self, task: str):
-        return load_task_split(task, "train", data_dir=self.args.data_dir).select(self.held_out[task])
 
 
 def main() -> None:
@@ -109,10 +102,7 @@ def main() -> None:
     dense_params = count_parameters(bench.model)
     bench.scored_cell("dense", bench.model)
     for coverage in sorted(args.coverages, key=lambda c: c != 0.99):  # the fixed coverage first
-        from tailored_hf.structure.vocabulary import trim_vocabulary
-
-        tokens, tokenizer = bench.task_vocabulary(coverage)
-        alone = trim_vocabulary(copy.deepcopy(bench.model), bench.dense_tokenizer, tokens)[0]
+        alone, tokenizer, tokens = bench.trimmed_model(coverage)
         bench.data.setdefault("params", {})[str(coverage)] = {
             "tokens": len(tokens),
             "source_tokens": len(bench.dense_tokenizer),

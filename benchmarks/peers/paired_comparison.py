@@ -457,10 +457,7 @@ def main() -> None:
             del model
     coverage = C4_MODELS["vocab_l0"][0]["vocabulary_coverage"]
     if "vocab_l0" in budgets_of and bench.missing(f"{VOCABULARY_ALONE}/pruned"):  # the trim's own cost
-        from tailored_hf.structure.vocabulary import trim_vocabulary
-
-        tokens, tokenizer = bench.task_vocabulary(coverage)
-        model = trim_vocabulary(copy.deepcopy(bench.model), bench.dense_tokenizer, tokens)[0]
+        model, tokenizer, _ = bench.trimmed_model(coverage)
         bench.record_params(VOCABULARY_ALONE, model, {"vocabulary_coverage": coverage})
         with bench.scoring_with(tokenizer):
             bench.model_cells(model, VOCABULARY_ALONE)
