@@ -49,6 +49,7 @@ sys.path.append(str(Path(__file__).resolve().parent / "peers"))
 from paired_comparison import (  # noqa: E402
     ablation_lines,
     informative_tasks,
+    own_vocabulary_lines,
     settings_text,
     share_text,
     shares,
@@ -828,6 +829,8 @@ def paired_share_lines(paired: Sequence[dict[str, Any]]) -> list[str]:
         lines.append("")
         ablation = ablation_lines(data)  # our models paired with each other on the same items
         lines += [*ablation[1:], ""] if ablation else []
+        own = own_vocabulary_lines(data)
+        lines += [*own[1:], ""] if own else []
     return lines
 
 

@@ -209,47 +209,59 @@ class Bench:
         self.dense_tokenizer = self.tokenizer
         self.task_tokenizers: dict[float, tuple[list[int], Any]] = {}
 
-    def task_vocabulary(self, coverage: float) -> tuple[list[int], Any]:
+    def task_vocabulary(self, coverage: float, task: str | None = None) -> tuple[list[int], Any]:
         """The kept token ids and trimmed tokenizer of `VOCABULARY_CONFIGS` at `coverage`: `select_tokens` over the
-        label-free text of the 7 tasks' train splits (scored format, every choice of every row)."""
+        label-free text of the 7 tasks' train splits (scored format, every choice of every row), or of `task`'s
+        alone (a vocabulary per task, as `tailored_hf.pipeline` counts it for one task)."""
         from collections import Counter
 
         from tailored_hf.data import label_free_texts
         from tailored_hf.structure.vocabulary import select_tokens, token_counts, trim_tokenizer
 
-        if coverage not in self.task_tokenizers:
+        if (coverage, task) not in self.task_tokenizers:
             counts: Counter[int] = Counter()
-            for task in COMMONSENSE_TASKS:
-                counts += token_counts(self.dense_tokenizer, label_free_texts(self.vocabulary_rows(task), task))
+            for counted in COMMONSENSE_TASKS if task is None else (task,):
+                counts += token_counts(self.dense_tokenizer, label_free_texts(self.vocabulary_rows(counted), counted))
             tokens = select_tokens(self.dense_tokenizer, counts=counts, coverage=coverage)
-            self.task_tokenizers[coverage] = tokens, trim_tokenizer(self.dense_tokenizer, tokens)
-            logger.info("Task vocabulary at coverage %g: %d of %d tokens", coverage, len(tokens), len(counts))
-        return self.task_tokenizers[coverage]
+            self.task_tokenizers[coverage, task] = tokens, trim_tokenizer(self.dense_tokenizer, tokens)
+            logger.info(
+                "Task vocabulary of %s at coverage %g: %d of %d tokens",
+                task or "the 7 tasks",
+                coverage,
+                len(tokens),
+                len(counts),
+            )
+        return self.task_tokenizers[coverage, task]
 
     def vocabulary_rows(self, task: str):
         """The rows of `task` whose text the task vocabulary counts: its whole train split."""
         return load_task_split(task, "train", data_dir=self.args.data_dir)
 
-    def trimmed_model(self, coverage: float) -> tuple[torch.nn.Module, Any, list[int]]:
-        """A copy of the dense model trimmed to the task vocabulary at `coverage` (nothing else pruned), its tokenizer
-        and the kept token ids."""
+    def trimmed_model(self, coverage: float, task: str | None = None) -> tuple[torch.nn.Module, Any, list[int]]:
+        """A copy of the dense model trimmed to the task vocabulary at `coverage` (of `task` alone when given;
+        nothing else pruned), its tokenizer and the kept token ids."""
         from tailored_hf.structure.vocabulary import trim_vocabulary
 
-        tokens, tokenizer = self.task_vocabulary(coverage)
+        tokens, tokenizer = self.task_vocabulary(coverage, task)
         return trim_vocabulary(copy.deepcopy(self.model), self.dense_tokenizer, tokens)[0], tokenizer, tokens
 
-    def vocabulary_model(self, coverage: float, ratio: float) -> tuple[torch.nn.Module, Any, float]:
-        """`trimmed_model(coverage)`'s model and tokenizer, and the share of the model that a structural method must
-        remove for `ratio` of the dense model's parameters."""
+    def vocabulary_model(
+        self, coverage: float, ratio: float, task: str | None = None
+    ) -> tuple[torch.nn.Module, Any, float]:
+        """`trimmed_model(coverage, task)`'s model and tokenizer, and the share of the model that a structural method
+        must remove for `ratio` of the dense model's parameters."""
         from tailored_hf.structure.vocabulary import remaining_sparsity
 
-        model, tokenizer, _ = self.trimmed_model(coverage)
+        model, tokenizer, _ = self.trimmed_model(coverage, task)
         return model, tokenizer, remaining_sparsity(ratio, count_parameters(self.model), count_parameters(model))
 
     def tokenizer_for(self, overrides: dict[str, Any]):
-        """The tokenizer of a configuration: the task vocabulary's when it trims one, the dense model's otherwise."""
+        """The tokenizer of a configuration: the task vocabulary's when it trims one (`vocabulary_task`'s own when
+        set), the dense model's otherwise."""
         coverage = overrides.get("vocabulary_coverage")
-        return self.dense_tokenizer if coverage is None else self.task_vocabulary(coverage)[1]
+        if coverage is None:
+            return self.dense_tokenizer
+        return self.task_vocabulary(coverage, overrides.get("vocabulary_task"))[1]
 
     @contextlib.contextmanager
     def scoring_with(self, tokenizer):
@@ -373,7 +385,8 @@ class Bench:
         """A pruned copy of the dense model at `ratio` and its plan; `overrides` change the paper's configuration
         (`method="nuteprune"`: NutePrune's L0 masks instead of our pass; `generic_lora="c4"`: + the C4 LoRA;
         `c4_steps`: that C4 training for this many steps instead of `NUTEPRUNE_ARGS`' 500; `teacher_kd_steps`: then
-        this many steps of dense-teacher distillation at `TEACHER_KD`)."""
+        this many steps of dense-teacher distillation at `TEACHER_KD`; `vocabulary_task`: with `vocabulary_coverage`,
+        the vocabulary of that task alone, NutePrune only)."""
         c4_steps, kd_steps = overrides.get("c4_steps"), overrides.get("teacher_kd_steps")
         if kd_steps:
             text = overrides.get("teacher_kd_text", "c4")
@@ -388,8 +401,15 @@ class Bench:
         if overrides.get("method") == "nuteprune":
             constraint = config_at(overrides, ratio).get("sparsity_constraint", L0_DEFAULT_CONSTRAINT)
             return self.nuteprune_pruned(
-                ratio, overrides["distillation"], c4_steps, constraint, overrides.get("vocabulary_coverage")
+                ratio,
+                overrides["distillation"],
+                c4_steps,
+                constraint,
+                overrides.get("vocabulary_coverage"),
+                overrides.get("vocabulary_task"),
             )
+        if "vocabulary_task" in overrides:
+            raise ValueError("A vocabulary per task (`vocabulary_task`) is built for NutePrune's L0 masks only.")
         if overrides.get("generic_lora") == "c4":
             rest = {k: v for k, v in overrides.items() if k not in ("generic_lora", "c4_steps")}
             name = "".join(f"-{k}={v}" for k, v in sorted(rest.items()))
@@ -416,10 +436,11 @@ class Bench:
         c4_steps: int | None = None,
         sparsity_constraint: str = L0_DEFAULT_CONSTRAINT,
         vocabulary_coverage: float | None = None,
+        vocabulary_task: str | None = None,
     ):
         """NutePrune at `ratio` (`benchmarks/nuteprune.py`'s `train_variant` at `NUTEPRUNE_ARGS`, or with `c4_steps`
-        training steps instead of its 500); with `vocabulary_coverage`, on the task vocabulary's model, the masks
-        removing the rest of `ratio`."""
+        training steps instead of its 500); with `vocabulary_coverage`, on the task vocabulary's model (of
+        `vocabulary_task` alone when given), the masks removing the rest of `ratio`."""
 
         def train() -> torch.nn.Module:
             import nuteprune
@@ -433,15 +454,16 @@ class Bench:
                 return merged
             from tailored_hf import PrunerCallback
 
-            model, tokenizer, target = self.vocabulary_model(vocabulary_coverage, ratio)
+            model, tokenizer, target = self.vocabulary_model(vocabulary_coverage, ratio, vocabulary_task)
             config = nuteprune.l0_config(target, distillation, sparsity_constraint)
-            tag = f"vocab_{distillation}_{int(100 * ratio)}"
+            tag = f"vocab{'' if vocabulary_task is None else '_' + vocabulary_task}_{distillation}_{int(100 * ratio)}"
             merged, info = nuteprune.train_lora(model, tokenizer, settings, [PrunerCallback(config)], tag)
             logger.info("Task vocabulary + NutePrune at %.0f%%: %d parameters", 100 * ratio, count_parameters(merged))
             return merged
 
         constraint = "" if sparsity_constraint == L0_DEFAULT_CONSTRAINT else f"-{sparsity_constraint}"
         vocabulary = "" if vocabulary_coverage is None else f"-vocabulary{vocabulary_coverage}{self.vocabulary_tag}"
+        vocabulary += "" if vocabulary_task is None else f"-{vocabulary_task}"
         budget = c4_budget_suffix(c4_steps)
         name = f"nuteprune-{distillation}{constraint}{vocabulary}{budget}-{ratio}-seed{self.args.seed}"
         return self.cached_model(name, train)

@@ -36,6 +36,11 @@ Pairs, ours vs the peer after the same training budget:
   the same peer. In a table of its own (`ABLATION_PAIRS`), the same model + task LoRA vs the "l0" model + task LoRA
   at the same ratio (and both untuned): what the task vocabulary adds, on these items; and the dense model trimmed to
   that vocabulary alone, untuned, vs dense: the trim's own cost.
+- "own vocab C4 LoRA" / "own vocab C4 + task LoRA": the same, but one model per task, its vocabulary counted on that
+  task's train text alone (`PER_TASK`; what `tailored_hf.pipeline` builds for one task), each scored on its task. It
+  trims more of the model (13-18% of the parameters on the tasks but BoolQ, against 10.7% for the 7 tasks'
+  vocabulary), leaving less to the L0 masks. Against the "vocab" model in `ABLATION_PAIRS`, and its trim alone
+  against dense.
 
 Every model is rebuilt deterministically (same calibration, seeds and settings as the committed cells), so the mean
 over the first 200 items (BoolQ 100) of each cell is checked against the committed 200-item cell of
@@ -114,7 +119,29 @@ C4_MODELS: dict[str, tuple[dict[str, Any], str, str, str]] = {
         "vocab_c4_lora",
         "vocab_c4_task_lora",
     ),
+    "own_vocab_l0": (
+        EXTRA_CONFIGS["vocab_l0"] | {"vocabulary_per_task": True},
+        "each task's own vocabulary + NutePrune L0 + its C4 LoRA",
+        "own_vocab_c4_lora",
+        "own_vocab_c4_task_lora",
+    ),
 }
+#: The `C4_MODELS` override that makes one model per task: the vocabulary counted on that task's train text alone
+#: (`Bench.pruned`'s `vocabulary_task`, as `tailored_hf.pipeline` counts it for the task it tailors a model to), then
+#: the L0 masks and their C4 LoRA for the rest of the ratio on that task's trimmed model. Each model is scored on its
+#: own task only (cells `<prefix>/pruned/<task>`).
+PER_TASK = "vocabulary_per_task"
+
+
+def is_per_task(name: str) -> bool:
+    """Whether the `C4_MODELS` model `name` is one model per task (`PER_TASK`)."""
+    return bool(C4_MODELS[name][0].get(PER_TASK))
+
+
+def task_overrides(overrides: dict[str, Any], task: str | None) -> dict[str, Any]:
+    """`Bench.pruned`'s overrides of a `C4_MODELS` model: `PER_TASK` replaced by the task (`vocabulary_task`)."""
+    rest = {k: v for k, v in overrides.items() if k != PER_TASK}
+    return rest if task is None or not overrides.get(PER_TASK) else rest | {"vocabulary_task": task}
 
 
 def peer_c4_prefix(c4_steps: int | None) -> str:
@@ -195,6 +222,11 @@ PAIRS: dict[str, tuple[str, str, str]] = (
         for pair, (name, budget) in BUDGET_PAIRS.items()
     }
 )
+#: The model of the "vocabulary_alone" pair: the dense model trimmed to `C4_MODELS["vocab_l0"]`'s task vocabulary,
+#: nothing else pruned; scored (untuned) in runs that ask for a "vocab_l0" pair. `OWN_VOCABULARY_ALONE`: the same
+#: per task, trimmed to each task's own vocabulary (`C4_MODELS["own_vocab_l0"]`'s), in runs that ask for its pairs.
+VOCABULARY_ALONE = "vocabulary"
+OWN_VOCABULARY_ALONE = "own_vocabulary"
 #: Our models against each other at the same ratio: name -> (cell prefix, cell prefix of the model it is compared
 #: with, label); rendered apart from the peer pairs, whenever both are measured.
 ABLATION_PAIRS: dict[str, tuple[str, str, str]] = {
@@ -213,10 +245,22 @@ ABLATION_PAIRS: dict[str, tuple[str, str, str]] = {
         "l0/task",
         "task vocabulary + NutePrune L0 vs NutePrune L0 alone, each + its C4 LoRA + task LoRA",
     ),
+    "own_vocabulary_alone": (
+        f"{OWN_VOCABULARY_ALONE}/pruned",
+        "dense",
+        "each task's own vocabulary alone (nothing else pruned) vs dense, neither tuned: the cost of that trim",
+    ),
+    "own_vocabulary_untuned": (
+        "own_vocab_l0/pruned",
+        "vocab_l0/pruned",
+        "each task's own vocabulary vs the 7 tasks' vocabulary, each + NutePrune L0 + its C4 LoRA",
+    ),
+    "own_vocabulary": (
+        "own_vocab_l0/task",
+        "vocab_l0/task",
+        "each task's own vocabulary vs the 7 tasks' vocabulary, each + NutePrune L0 + its C4 LoRA + task LoRA",
+    ),
 }
-#: The model of the "vocabulary_alone" pair: the dense model trimmed to `C4_MODELS["vocab_l0"]`'s task vocabulary,
-#: nothing else pruned; scored (untuned) in runs that ask for a "vocab_l0" pair.
-VOCABULARY_ALONE = "vocabulary"
 #: Where each of our / the peer's cells was first measured on 200 items: (file, or the stem of a script's results per
 #: ratio (`results_path`), cell key with `{tag}`, `{imp}`, `{rate}`); the models of the larger C4 budget have none.
 COMMITTED: dict[str, tuple[Path | str, str]] = (
@@ -233,7 +277,7 @@ COMMITTED: dict[str, tuple[Path | str, str]] = (
     | {
         f"{name}/{kind}": (OURS, f"{{tag}}/{name}/{kind}")
         for name, (overrides, *_) in C4_MODELS.items()
-        if "c4_steps" not in overrides
+        if "c4_steps" not in overrides and PER_TASK not in overrides
         for kind in ("pruned", "task")
     }
     | {
@@ -278,6 +322,7 @@ def build_share_rows() -> tuple[tuple[str, str, str | None], ...]:
         dense = dense_c4_prefix(overrides.get("c4_steps"))
         rows += [(f"{name}/pruned", label, dense), (f"{name}/task", f"{label} + task LoRA", f"{dense}/task")]
     rows.append((f"{VOCABULARY_ALONE}/pruned", "task vocabulary alone, no tuning", "dense"))
+    rows.append((f"{OWN_VOCABULARY_ALONE}/pruned", "each task's own vocabulary alone, no tuning", "dense"))
     for name, task_budget in BUDGET_PAIRS.values():
         overrides, label, *_ = C4_MODELS[name]
         steps, kind, tuned = overrides.get("c4_steps"), task_budget.kind, f"task LoRA{task_budget.label}"
@@ -355,13 +400,21 @@ class PairedBench(PeerBench):
     def tag(self) -> str:
         return f"{self.args.ratio:.0%}"
 
-    def record_params(self, name: str, model: torch.nn.Module, config: dict[str, Any] | None = None) -> None:
-        """`model`'s parameter counts under `name`, with the `Bench.pruned` overrides it was made with (`config`)."""
-        self.data.setdefault("params", {})[name] = {
+    def record_params(
+        self, name: str, model: torch.nn.Module, config: dict[str, Any] | None = None, task: str | None = None
+    ) -> None:
+        """`model`'s parameter counts under `name`, with the `Bench.pruned` overrides it was made with (`config`);
+        `task`: one of the models made per task, whose counts go under `per_task` (the first also fills the record)."""
+        counts = {
             "dense": self.dense_params,
             "pruned": count_parameters(model),
             "achieved": 1 - count_parameters(model) / self.dense_params,
-        } | ({} if config is None else {"config": config})
+        }
+        params = self.data.setdefault("params", {})
+        if task is None or name not in params:
+            params[name] = counts | ({} if config is None else {"config": config})
+        if task is not None:
+            params[name].setdefault("per_task", {})[task] = counts
 
     #: The task-LoRA rate `task_lora_lr.py` chose at this ratio, for the `CHOSEN_RATE` cells (`use_chosen_rate`).
     chosen_rate: float | None = None
@@ -392,31 +445,41 @@ class PairedBench(PeerBench):
             del self.data["cells"][key]
 
     def model_cells(
-        self, model: torch.nn.Module, prefix: str, budgets: Iterable[TaskBudget] = (), untuned: bool = True
+        self,
+        model: torch.nn.Module,
+        prefix: str,
+        budgets: Iterable[TaskBudget] = (),
+        untuned: bool = True,
+        task: str | None = None,
     ) -> None:
         """`model`'s cells under `prefix`: scored as it is (`prefix/pruned`, or `prefix` itself for a dense-based
-        model) when `untuned`, and after each task's LoRA on each of `budgets` (`prefix/<budget.kind>/<task>`)."""
+        model) when `untuned`, and after each task's LoRA on each of `budgets` (`prefix/<budget.kind>/<task>`).
+        `task`: a model made for that task alone, scored and tuned on it only (untuned: `prefix/pruned/<task>`)."""
+        tasks = self.args.tasks if task is None else [task]
         if untuned:
             key = f"{self.tag}/{prefix}" + ("" if prefix.startswith("dense") else "/pruned")
-            self.cell(key, lambda: self.evaluate(model, self.args.tasks), model=model)
+            key += "" if task is None else f"/{task}"
+            self.cell(key, lambda: self.evaluate(model, tasks), model=model)
         for budget in budgets:
             rate = None
             if budget.chosen_rate:
                 if self.chosen_rate is None:
                     raise RuntimeError("call use_chosen_rate() before measuring chosen-rate cells")
                 rate = self.chosen_rate
-            for task in self.args.tasks:
-                key = f"{self.tag}/{prefix}/{budget.kind}/{task}"
-                train = self.shots(task, budget.shots or self.args.k)
-                self.tuned_cell(model, key, train, [task], learning_rate=rate)
+            for tuned in tasks:
+                key = f"{self.tag}/{prefix}/{budget.kind}/{tuned}"
+                train = self.shots(tuned, budget.shots or self.args.k)
+                self.tuned_cell(model, key, train, [tuned], learning_rate=rate)
 
-    def missing(self, *prefixes: str) -> bool:
+    def missing(self, *prefixes: str, task: str | None = None) -> bool:
+        """Whether a cell of `prefixes` is not measured yet (`task`: those of the model made for that task alone)."""
+        tasks = self.args.tasks if task is None else [task]
         keys = []
         for prefix in prefixes:
             if is_task_prefix(prefix):
-                keys += [f"{self.tag}/{prefix}/{task}" for task in self.args.tasks]
+                keys += [f"{self.tag}/{prefix}/{t}" for t in tasks]
             else:
-                keys.append(f"{self.tag}/{prefix}")
+                keys.append(f"{self.tag}/{prefix}" + ("" if task is None else f"/{task}"))
         return not all(key in self.data["cells"] for key in keys)
 
 
@@ -449,19 +512,25 @@ def main() -> None:
         steps = overrides.get("c4_steps")
         c4_budgets[steps] = list(dict.fromkeys(c4_budgets.get(steps, []) + budgets))
         forget_other_config(bench.data, name, f"{bench.tag}/{name}", overrides, args.ratio)
-        if bench.missing(f"{name}/pruned", *(f"{name}/{budget.kind}" for budget in budgets)):
-            model, _ = bench.pruned(args.ratio, **overrides)
-            bench.record_params(name, model, config_at(overrides, args.ratio))
-            with bench.scoring_with(bench.tokenizer_for(overrides)):  # a task vocabulary's model: its own tokenizer
-                bench.model_cells(model, name, budgets)
+        for task in args.tasks if is_per_task(name) else [None]:  # one model per task, or one for all
+            if not bench.missing(f"{name}/pruned", *(f"{name}/{budget.kind}" for budget in budgets), task=task):
+                continue
+            model, _ = bench.pruned(args.ratio, **task_overrides(overrides, task))
+            bench.record_params(name, model, config_at(overrides, args.ratio), task=task)
+            with bench.scoring_with(bench.tokenizer_for(task_overrides(overrides, task))):  # its own tokenizer
+                bench.model_cells(model, name, budgets, task=task)
             del model
-    coverage = C4_MODELS["vocab_l0"][0]["vocabulary_coverage"]
-    if "vocab_l0" in budgets_of and bench.missing(f"{VOCABULARY_ALONE}/pruned"):  # the trim's own cost
-        model, tokenizer, _ = bench.trimmed_model(coverage)
-        bench.record_params(VOCABULARY_ALONE, model, {"vocabulary_coverage": coverage})
-        with bench.scoring_with(tokenizer):
-            bench.model_cells(model, VOCABULARY_ALONE)
-        del model
+    for name, alone in (("vocab_l0", VOCABULARY_ALONE), ("own_vocab_l0", OWN_VOCABULARY_ALONE)):
+        if name not in budgets_of:
+            continue
+        coverage = C4_MODELS[name][0]["vocabulary_coverage"]
+        for task in args.tasks if is_per_task(name) else [None]:  # the trim's own cost
+            if bench.missing(f"{alone}/pruned", task=task):
+                model, tokenizer, _ = bench.trimmed_model(coverage, task)
+                bench.record_params(alone, model, {"vocabulary_coverage": coverage}, task=task)
+                with bench.scoring_with(tokenizer):
+                    bench.model_cells(model, alone, task=task)
+                del model
     if args.dense:  # first: the dense + same tune controls are what the shares are read against
         bench.cell("dense", lambda: bench.evaluate(bench.model, args.tasks), model=bench.model)
         if "task_lora" in args.pairs:
@@ -492,6 +561,8 @@ def item_scores(cells: dict[str, Any], tag: str, prefix: str, tasks: list[str]) 
     for task in tasks:
         key = f"{tag}/{prefix}/{task}" if is_task_prefix(prefix) else f"{tag}/{prefix}"
         key = "dense" if prefix == "dense" else key
+        if key not in cells and f"{key}/{task}" in cells:  # a model made for each task (`PER_TASK`)
+            key = f"{key}/{task}"
         cell = cells.get(key)
         if cell is None or task not in cell["tasks"]:
             return None
@@ -690,6 +761,27 @@ def ablation_lines(data: dict[str, Any]) -> list[str]:
     ]
 
 
+def own_vocabulary_lines(data: dict[str, Any]) -> list[str]:
+    """The per-task models' sizes (`PER_TASK`), as a paragraph: how much each task's own vocabulary trims, and what
+    share of the ratio it leaves to the L0 masks (no lines before any such model is measured)."""
+    params = data.get("params", {})
+    alone, pruned = params.get(OWN_VOCABULARY_ALONE, {}), params.get("own_vocab_l0", {})
+    tasks = [t for t in data["settings"]["tasks"] if t in alone.get("per_task", {})]
+    if not tasks:
+        return []
+    trimmed = {t: alone["per_task"][t]["achieved"] for t in tasks}
+    removed = {t: pruned.get("per_task", {}).get(t, {}).get("achieved") for t in tasks}
+    return [
+        "",
+        "Each task's own vocabulary (rows so labelled): the tokens of "
+        f"{params['own_vocab_l0']['config']['vocabulary_coverage']:.0%} of that task's train text alone (as "
+        "`tailored_hf.pipeline` counts it for the task it tailors a model to), one model per task, scored on its "
+        "task; the share of the dense parameters the trim removes, then (after the L0 masks) the model in all: "
+        + "; ".join(f"{t} {trimmed[t]:.1%}" + ("" if removed[t] is None else f" / {removed[t]:.1%}") for t in tasks)
+        + ".",
+    ]
+
+
 def settings_text(data: dict[str, Any]) -> str:
     s = data["settings"]
     chance = sum(CHANCE[t] for t in s["tasks"]) / len(s["tasks"])
@@ -713,6 +805,7 @@ def render(data: dict[str, Any]) -> str:
         "",
         *summary_table(data),
         *ablation_lines(data),
+        *own_vocabulary_lines(data),
     ]
     checks = [
         (dense, committed_check(dense, dense_items, data))
