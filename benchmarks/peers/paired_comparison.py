@@ -40,7 +40,8 @@ Pairs, ours vs the peer after the same training budget:
   task's train text alone (`PER_TASK`; what `tailored_hf.pipeline` builds for one task), each scored on its task. It
   trims more of the model (13-18% of the parameters on the tasks but BoolQ, against 10.7% for the 7 tasks'
   vocabulary), leaving less to the L0 masks. Against the "vocab" model in `ABLATION_PAIRS`, and its trim alone
-  against dense.
+  against dense. "(own) vocab C4 + task LoRA, chosen rate": the two task-vocabulary models tuned at the "chosen
+  rate" pair's rate (chosen for the L0 model, not for these), against the same peer at that rate.
 
 Every model is rebuilt deterministically (same calibration, seeds and settings as the committed cells), so the mean
 over the first 200 items (BoolQ 100) of each cell is checked against the committed 200-item cell of
@@ -188,6 +189,8 @@ CHOSEN_RATE = TaskBudget(chosen_rate=True)
 BUDGET_PAIRS: dict[str, tuple[str, TaskBudget]] = {
     f"c4_task_lora_k{MORE_SHOTS}": ("l0", TaskBudget(shots=MORE_SHOTS)),
     "c4_task_lora_chosen_lr": (RATE_MODEL, CHOSEN_RATE),
+    "vocab_c4_task_lora_chosen_lr": ("vocab_l0", CHOSEN_RATE),
+    "own_vocab_c4_task_lora_chosen_lr": ("own_vocab_l0", CHOSEN_RATE),
 }
 
 
@@ -332,7 +335,7 @@ def build_share_rows() -> tuple[tuple[str, str, str | None], ...]:
             (f"{peer_c4_prefix(steps)}/{kind}", f"Torch-Pruning ({{imp}}) + C4 LoRA{budget} + {tuned}", dense),
             (f"{name}/{kind}", f"{label} + {tuned}", dense),
         ]
-    return tuple(rows)
+    return tuple(dict.fromkeys(rows))  # two models on one budget share its dense and peer rows
 
 
 SHARE_ROWS = build_share_rows()
