@@ -207,7 +207,7 @@ class Bench:
         self.model, self.tokenizer = load_model(args.model)
         self.wikitext = wikitext_ids(self.tokenizer, args.data_dir)
         self.dense_tokenizer = self.tokenizer
-        self.task_tokenizers: dict[float, tuple[list[int], Any]] = {}
+        self.task_tokenizers: dict[tuple[float, str | None], tuple[list[int], Any]] = {}
 
     def task_vocabulary(self, coverage: float, task: str | None = None) -> tuple[list[int], Any]:
         """The kept token ids and trimmed tokenizer of `VOCABULARY_CONFIGS` at `coverage`: `select_tokens` over the
