@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from dataclasses import dataclass, field, replace
@@ -332,6 +333,8 @@ def test_task_vocabulary_trims_before_pruning_and_resumes(tiny_bpe_base, tmp_pat
     report = json.loads((out / "report.json").read_text())
     vocabulary = report["task_vocabulary"]
     assert vocabulary["source"] == 600 and 256 < vocabulary["kept"] < 600 and vocabulary["removed_share"] > 0
+    assert 0 < vocabulary["held_out_share"] <= 1
+    assert "of that slice's tokens (text it was not counted on)" in (out / "report.md").read_text()
     assert report["achieved_sparsity"] == pytest.approx(0.3, abs=0.05)
     assert report["dense"]["wikitext2_ppl"] is not None and report["tuned"]["wikitext2_ppl"] is None
     assert "n/a (task vocabulary)" in (out / "report.md").read_text()
@@ -384,7 +387,7 @@ def test_task_vocabulary_covers_every_prompt_that_selection_may_pick(tiny_bpe_ba
     for prompt in (None, "lm_eval"):
         model, tokenizer = load_model(str(tiny_bpe_base))
         cfg = PipelineConfig(model=str(tiny_bpe_base), task="piqa", prompt=prompt, task_vocabulary=1.0)
-        _, trimmed, target = trim_to_task_vocabulary(model, tokenizer, cfg, train)
+        _, trimmed, target, _ = trim_to_task_vocabulary(model, tokenizer, cfg, train)
         assert 0 < target < cfg.target_sparsity
         sizes[prompt] = len(trimmed)
     assert sizes[None] > sizes["lm_eval"]
@@ -409,3 +412,23 @@ def test_task_vocabulary_covers_the_eval_task(tiny_bpe_base):
     ids = {text: tokenizer(text).input_ids for text in arc[:200]}
     assert all(len(trimmed["arc_easy"](text).input_ids) == len(dense) for text, dense in ids.items())
     assert any(len(trimmed[None](text).input_ids) > len(dense) for text, dense in ids.items())
+
+
+def test_task_vocabulary_held_out_share_warns_on_a_small_train_split(tiny_bpe_base, caplog):
+    """The vocabulary is also counted without the dev slice and checked on it: a split of many rows carries over,
+    one of few rows does not and is warned about; with no more rows than the dev slice there is no check."""
+    from tailored_hf import load_model
+    from tailored_hf.data import load_task_split
+    from tailored_hf.pipeline import trim_to_task_vocabulary
+
+    train = load_task_split("piqa", "train")
+    shares = {}
+    for rows in (500, 130, 50):
+        model, tokenizer = load_model(str(tiny_bpe_base))
+        cfg = PipelineConfig(model=str(tiny_bpe_base), task="piqa", prompt="lm_eval", task_vocabulary=0.99)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="tailored_hf.pipeline"):
+            shares[rows] = trim_to_task_vocabulary(model, tokenizer, cfg, train.select(range(rows)))[3]
+        warned = any("carries over poorly" in record.getMessage() for record in caplog.records)
+        assert warned == (rows == 130), rows
+    assert 0.97 <= shares[500] <= 1.0 and shares[130] < 0.97 and shares[50] is None

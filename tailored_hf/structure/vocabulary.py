@@ -147,6 +147,14 @@ def select_tokens(
     return sorted({vocab[t] for t in kept} | added)
 
 
+def kept_share(counts: Counter[int], tokens: Iterable[int]) -> float:
+    """The share of the token occurrences in `counts` (`token_counts` of some text) whose token is in `tokens`: how
+    much of that text a tokenizer trimmed to `tokens` still tokenizes into the same pieces (1.0 for no text)."""
+    kept = set(tokens)
+    total = sum(counts.values())
+    return sum(count for token, count in counts.items() if token in kept) / total if total else 1.0
+
+
 def new_token_id(tokens: Sequence[int], old_id: int) -> int:
     """The id that source token `old_id` has after trimming to `tokens` (sorted kept ids); `ValueError` if dropped."""
     position = bisect_left(tokens, old_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from tailored_hf import apply_plan, load_model, save_pruned
 from tailored_hf.data import label_free_texts, load_task_split
 from tailored_hf.structure import PLAN_ATTRIBUTE, PruningPlan, count_parameters
 from tailored_hf.structure.vocabulary import (
+    kept_share,
     new_token_id,
     select_tokens,
     token_counts,
@@ -78,6 +80,15 @@ def test_coverage_and_max_tokens(bpe, texts):
         select_tokens(bpe)
     with pytest.raises(ValueError, match="max_tokens"):
         select_tokens(bpe, counts=counts, max_tokens=10)
+
+
+def test_kept_share_counts_occurrences(bpe, texts):
+    """`kept_share`: the share of token occurrences kept; at least the coverage on the counted text itself."""
+    assert kept_share(Counter({1: 3, 2: 1}), [1]) == 0.75
+    assert kept_share(Counter(), [1]) == 1.0
+    counts = token_counts(bpe, texts["train"])
+    assert kept_share(counts, select_tokens(bpe, counts=counts, coverage=0.8)) >= 0.8
+    assert kept_share(counts, select_tokens(bpe, counts=counts)) == 1.0
 
 
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
