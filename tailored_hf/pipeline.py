@@ -292,8 +292,9 @@ def evaluate_model(
 
 #: `trim_to_task_vocabulary` warns when the vocabulary, counted without the dev slice, keeps less than its coverage
 #: minus this margin of the dev slice's tokens. Measured on SmolLM2-135M at coverage 0.99: the tasks with 9,000+
-#: train rows keep 98.2-98.9% of held-out tokens; ARC-Challenge (1,119 rows) keeps 93.4%, and its own vocabulary
-#: scores 5 points below the 7 tasks' shared one (`benchmarks/results/paired_comparison_20.md`).
+#: train rows keep 98.2-98.9% of 200 held-out rows' tokens; ARC-Challenge (1,119 rows) keeps 93.4%, and a model
+#: with its own vocabulary scores 5 points below one with the 7 tasks' shared vocabulary
+#: (`benchmarks/results/paired_comparison_20.md`).
 VOCABULARY_HELD_OUT_MARGIN = 0.02
 
 
