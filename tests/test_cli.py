@@ -347,6 +347,7 @@ def test_task_vocabulary_trims_before_pruning_and_resumes(tiny_bpe_base, tmp_pat
     assert count_parameters(model) == report["params"]["pruned"]
     card = ModelCard.load(out / "model" / "README.md")
     assert f"**Task vocabulary**: {vocabulary['kept']:,} of the base model's 600 tokens are kept" in card.text
+    assert f"the vocabulary keeps {vocabulary['held_out_share']:.1%} of that slice's tokens" in card.text
     assert not any(r.metric_type == "perplexity" and "this model" in r.metric_name for r in card.data.eval_results)
 
     assert main([*argv, "--resume", "--set", "max_steps=3"]) == 0

@@ -332,7 +332,13 @@ def build_card(
         ppl_windows=cfg.get("ppl_windows"),
         plot_filename=PLOT_FILENAME,
         per_layer=plan.per_layer_sizes(),
-        vocabulary=None if plan.tokens is None else {"kept": len(plan.tokens), "source": plan.source.vocab_size},
+        vocabulary=None
+        if plan.tokens is None
+        else {
+            "kept": len(plan.tokens),
+            "source": plan.source.vocab_size,
+            "held_out_share": ((report or {}).get("task_vocabulary") or {}).get("held_out_share"),
+        },
         non_default=non_default or {},
         training=training,
         prompt_name=(report or {}).get("prompt_selection", {}).get("selected"),
