@@ -20,7 +20,8 @@ With `task_vocabulary` set, the vocabulary is trimmed to the task after the dens
 (`tailored_hf.structure.vocabulary`: the tokens that cover that share of the task's train text, their embedding and
 LM-head rows, and the tokenizer), and the method removes the rest of `target_sparsity`, which still counts the dense
 model's parameters. Perplexities after trimming are not reported: another tokenizer's per-token perplexity is not
-comparable with the dense model's.
+comparable with the dense model's. The report also gives the vocabulary's held-out share (counted without the dev
+slice, the share of that slice's tokens it keeps), and a warning when a small train split makes it low.
 
 Resuming (`resume=True`): the first run records the pre-training stages (evaluations, selected prompt) and the
 pruning plan under `OUTPUT/trainer/`; a resumed run re-applies that plan to the freshly loaded dense model (no
