@@ -61,6 +61,9 @@ def main(out: str, method: str, per_device_batch: int) -> None:
     plan = {k: v for k, v in callback.method.plan.to_dict().items() if k != "metadata"}
     record = {"plan": plan, "weights": state, "world_size": trainer.args.world_size}
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(record))
+    if torch.distributed.is_initialized():  # leave together, as `Accelerator.end_training` does: a rank that exits
+        torch.distributed.barrier()  # while another still saves can abort in gloo's teardown (seen once in CI)
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
