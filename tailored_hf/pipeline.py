@@ -293,9 +293,9 @@ def evaluate_model(
 
 #: `trim_to_task_vocabulary` warns when the vocabulary, counted without the dev slice, keeps less than its coverage
 #: minus this margin of the dev slice's tokens. Measured on SmolLM2-135M at coverage 0.99: the tasks with 9,000+
-#: train rows keep 98.2-98.9% of 200 held-out rows' tokens; ARC-Challenge (1,119 rows) keeps 93.4%, and a model
+#: train rows keep 98.2-98.7% of 200 held-out rows' tokens; ARC-Challenge (1,119 rows) keeps 94.4%, and a model
 #: with its own vocabulary scores 5 points below one with the 7 tasks' shared vocabulary
-#: (`benchmarks/results/paired_comparison_20.md`).
+#: (`benchmarks/results/vocabulary_held_out.md`, `paired_comparison_20.md`).
 VOCABULARY_HELD_OUT_MARGIN = 0.02
 
 
@@ -315,7 +315,7 @@ def trim_to_task_vocabulary(model, tokenizer, cfg: PipelineConfig, train_split):
     from .data import label_free_texts
     from .data.prompts import LM_EVAL_PROMPT, list_prompts
     from .data.selection import candidate_prompts
-    from .structure.vocabulary import kept_share, remaining_sparsity, select_tokens, token_counts, trim_vocabulary
+    from .structure.vocabulary import held_out_share, remaining_sparsity, select_tokens, token_counts, trim_vocabulary
 
     dense = count_parameters(model)
     prompts = candidate_prompts(cfg.task, tokenizer) if cfg.prompt is None else sorted({cfg.prompt, LM_EVAL_PROMPT})
@@ -335,18 +335,15 @@ def trim_to_task_vocabulary(model, tokenizer, cfg: PipelineConfig, train_split):
             texts = label_free_texts(scored_rows, cfg.scored_task, prompt=prompt, tokenizer=tokenizer)
             pool_counts += token_counts(tokenizer, texts)
     tokens = select_tokens(tokenizer, counts=pool_counts + dev_counts, coverage=cfg.task_vocabulary)
-    held_out_share = None
-    if len(dev):
-        pool_tokens = select_tokens(tokenizer, counts=pool_counts, coverage=cfg.task_vocabulary)
-        held_out_share = kept_share(dev_counts, pool_tokens)
-    if held_out_share is not None and held_out_share < cfg.task_vocabulary - VOCABULARY_HELD_OUT_MARGIN:
+    held_out = held_out_share(tokenizer, pool_counts, dev_counts, cfg.task_vocabulary) if len(dev) else None
+    if held_out is not None and held_out < cfg.task_vocabulary - VOCABULARY_HELD_OUT_MARGIN:
         logger.warning(
             "The task vocabulary carries over poorly: counted without the %d dev rows, it keeps %.1f%% of their "
             "tokens (%.1f%% of the text it was counted on). Text it was not counted on, such as the validation split, "
             "will be tokenized in smaller pieces; the train split (%d rows) may be too small for a task vocabulary "
             "(task_vocabulary=None keeps the whole vocabulary).",
             len(dev),
-            100 * held_out_share,
+            100 * held_out,
             100 * cfg.task_vocabulary,
             len(train_split),
         )
@@ -356,9 +353,9 @@ def trim_to_task_vocabulary(model, tokenizer, cfg: PipelineConfig, train_split):
         "Task vocabulary: %d tokens kept, %.1f%% of the parameters removed%s",
         len(tokens),
         100 * (1 - trimmed / dense),
-        "" if held_out_share is None else f"; {held_out_share:.1%} of held-out train tokens kept",
+        "" if held_out is None else f"; {held_out:.1%} of held-out train tokens kept",
     )
-    return model, tokenizer, remaining_sparsity(cfg.target_sparsity, dense, trimmed), held_out_share
+    return model, tokenizer, remaining_sparsity(cfg.target_sparsity, dense, trimmed), held_out
 
 
 def prune_model(model, tokenizer, cfg: PipelineConfig, target_sparsity: float | None = None) -> PruningPlan:

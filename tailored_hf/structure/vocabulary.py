@@ -155,6 +155,12 @@ def kept_share(counts: Counter[int], tokens: Iterable[int]) -> float:
     return sum(count for token, count in counts.items() if token in kept) / total if total else 1.0
 
 
+def held_out_share(tokenizer: Any, counts: Counter[int], held_out: Counter[int], coverage: float) -> float:
+    """`kept_share` of the `held_out` text's token counts under the vocabulary `select_tokens` chooses from `counts` at
+    `coverage`: how well a vocabulary carries over to text it was not counted on."""
+    return kept_share(held_out, select_tokens(tokenizer, counts=counts, coverage=coverage))
+
+
 def new_token_id(tokens: Sequence[int], old_id: int) -> int:
     """The id that source token `old_id` has after trimming to `tokens` (sorted kept ids); `ValueError` if dropped."""
     position = bisect_left(tokens, old_id)

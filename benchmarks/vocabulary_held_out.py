@@ -1,0 +1,98 @@
+"""How well each task's own vocabulary carries over to text it was not counted on (no model run, tokenizer only).
+
+Per task: the train split is split as the pipeline splits it (`split_dev_and_pool`, `--held-out` rows, seed 0); the
+vocabulary is counted on the rest at each coverage (label-free text, scored format, every choice), and its share of the
+held-out rows' tokens (`held_out_share`, what `tailored_hf.pipeline` reports) and of the validation split's tokens
+(reported only) are written to `benchmarks/results/vocabulary_held_out.{json,md}`. A split too small for a task
+vocabulary shows as a held-out share well below the coverage (the pipeline warns below coverage minus
+`VOCABULARY_HELD_OUT_MARGIN`).
+
+    .venv/bin/python benchmarks/vocabulary_held_out.py   # about 2 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.append(str(Path(__file__).resolve().parent))
+
+from common import RESULTS_DIR, add_model_arguments, begin_run, write_markdown  # noqa: E402
+
+from tailored_hf.data import label_free_texts, load_task_split  # noqa: E402
+from tailored_hf.data.selection import split_dev_and_pool  # noqa: E402
+from tailored_hf.eval import COMMONSENSE_TASKS  # noqa: E402
+from tailored_hf.loading import load_model  # noqa: E402
+from tailored_hf.pipeline import VOCABULARY_HELD_OUT_MARGIN  # noqa: E402
+from tailored_hf.structure.vocabulary import held_out_share, token_counts  # noqa: E402
+
+RESULTS = RESULTS_DIR / "vocabulary_held_out"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(parser)
+    parser.add_argument("--tasks", nargs="+", default=list(COMMONSENSE_TASKS))
+    parser.add_argument("--coverages", type=float, nargs="+", default=[0.99, 0.995, 1.0])
+    parser.add_argument("--held-out", type=int, default=200, help="train rows held out per task")
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--report-only", action="store_true", help="render the Markdown from the cached JSON only")
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = begin_run(parse_args, render, seed=None)
+    if args is None:
+        return
+    _, tokenizer = load_model(args.model)
+    rows: dict[str, Any] = {}
+    for task in args.tasks:
+        train = load_task_split(task, "train", data_dir=args.data_dir)
+        held, rest = split_dev_and_pool(train, dev_size=args.held_out, seed=0)
+        counts = token_counts(tokenizer, label_free_texts(rest, task))
+        held_counts = token_counts(tokenizer, label_free_texts(held, task))
+        validation_rows = load_task_split(task, "validation", data_dir=args.data_dir)
+        validation = token_counts(tokenizer, label_free_texts(validation_rows, task))
+        rows[task] = {
+            "train_rows": len(train),
+            "shares": {
+                str(c): {
+                    "held_out": held_out_share(tokenizer, counts, held_counts, c),
+                    "validation": held_out_share(tokenizer, counts, validation, c),
+                }
+                for c in args.coverages
+            },
+        }
+    data = {"settings": {k: v for k, v in vars(args).items() if k not in ("out", "report_only")}, "tasks": rows}
+    Path(args.out + ".json").write_text(json.dumps(data, indent=2))
+    write_markdown(args.out, render(data))
+
+
+def render(data: dict[str, Any]) -> str:
+    s = data["settings"]
+    lines = [
+        "# Task vocabulary: the share of unseen text's tokens it keeps, per task",
+        "",
+        f"Vocabulary counted on each task's train split without {s['held_out']} held-out rows (the pipeline's "
+        "`split_dev_and_pool`, seed 0); share of the held-out rows' tokens it keeps / of the validation split's "
+        f"(reported only). The pipeline warns below the coverage minus {VOCABULARY_HELD_OUT_MARGIN:g}.",
+        "",
+        "| task | train rows | " + " | ".join(f"coverage {c:g}" for c in s["coverages"]) + " |",
+        "|---|---|" + "---|" * len(s["coverages"]),
+    ]
+    for task, row in data["tasks"].items():
+        cells = [row["shares"][str(c)] for c in s["coverages"]]
+        lines.append(
+            f"| {task} | {row['train_rows']:,} | "
+            + " | ".join(f"{100 * c['held_out']:.1f}% / {100 * c['validation']:.1f}%" for c in cells)
+            + " |"
+        )
+    lines += ["", "Reproduce: `.venv/bin/python benchmarks/vocabulary_held_out.py`.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
