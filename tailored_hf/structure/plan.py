@@ -341,8 +341,8 @@ def top_indices(scores: torch.Tensor | Sequence[float], keep: int) -> list[int]:
         raise PlanError(f"Cannot keep {keep} of {scores.numel()} units: keep at least 1 and at most all of them.")
     if torch.isnan(scores).any():
         raise PlanError("Importance scores contain NaN; refusing to build a plan from them.")
-    order = sorted(range(scores.numel()), key=lambda i: (-float(scores[i]), i))
-    return sorted(order[:keep])
+    order = torch.sort(scores, descending=True, stable=True).indices  # a stable sort keeps ties in index order
+    return sorted(order[:keep].tolist())
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -21,6 +21,7 @@ from tailored_hf.structure import (
     compose_plans,
     count_parameters,
     save_pruned,
+    top_indices,
 )
 from tailored_hf.structure.masks import masked_rms_norm
 from tailored_hf.structure.simple import magnitude_plan
@@ -302,6 +303,18 @@ def test_magnitude_plan_hits_target():
 
 
 # ---------------------------------------------------------------------------- bad input
+def test_top_indices_keeps_the_highest_and_breaks_ties_by_lower_index():
+    scores = torch.tensor([0.0, -0.0, 1.0, float("inf"), 1.0, -float("inf"), 0.5, 1.0])
+    assert top_indices(scores, 3) == [2, 3, 4]  # inf, then the first two of three tied 1.0s
+    assert top_indices(scores, 6) == [0, 2, 3, 4, 6, 7]  # 0.0 and -0.0 tie: the lower index stays
+    assert top_indices(scores, 7) == [0, 1, 2, 3, 4, 6, 7]
+    assert top_indices([3.0, 1.0, 2.0], 1) == [0]
+    with pytest.raises(PlanError, match="Cannot keep 0"):
+        top_indices(scores, 0)
+    with pytest.raises(PlanError, match="NaN"):
+        top_indices([1.0, float("nan")], 1)
+
+
 def test_plan_removing_every_head_is_rejected(tiny_model):
     plan = PruningPlan.dense(tiny_model)
     plan.layers[0].heads, plan.layers[0].kv_heads = [], []

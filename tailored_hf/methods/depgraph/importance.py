@@ -185,7 +185,8 @@ def compute_importance(
     batch_size: int = 1,
     progress: bool = True,
 ) -> dict[FamilyKey, torch.Tensor]:
-    """One score per unit for every family of `kinds` (default: all prunable kinds): `{(kind, layer): scores}`.
+    """One score per unit for every family of `kinds` (default: all prunable kinds): `{(kind, layer): scores}`, float64
+    tensors on the CPU whatever the model's device.
 
     Gradient criteria run the next-token loss of `model` (plain or PEFT-wrapped; LoRA branches included) on
     `calibration` in micro-batches of `batch_size` and average the per-batch scores. No parameter holds `.grad`
@@ -217,7 +218,10 @@ def compute_importance(
             other = [d for d in range(scores.dim()) if d != dim]
             vector = scores.sum(dim=other) if other else scores
             key = (name, dim)
-            reduced[key] = reduced[key] + vector if key in reduced else vector.double()
+            if key in reduced:
+                reduced[key].add_(vector)  # float64 accumulator, in place
+            else:
+                reduced[key] = vector.double()
 
     if importance.needs_gradients:
         calibration = check_calibration(calibration, getattr(lm.config, "vocab_size", None))
@@ -245,7 +249,7 @@ def compute_importance(
                 continue
             vector = reduced[(member.name, member.dim)]
             per_member.append(importance.finalize(vector.reshape(family.num_units, member.width).sum(1)))
-        unit_scores = importance.aggregate(per_member)
+        unit_scores = importance.aggregate(per_member).cpu()  # plans are built on the CPU: no device read per unit
         if not torch.isfinite(unit_scores).all():
             raise FloatingPointError(f"Non-finite {family.kind} scores in layer {family.layer} ({importance!r}).")
         scores[family.key] = unit_scores
