@@ -37,13 +37,13 @@ for name in ${PARTS:-nuteprune performance training_overhead}; do
     nuteprune)  # issue 6's memory claim at the CPU report's setting (8 x 256 tokens, LoRA on q_proj, v_proj)
         part nuteprune 120 benchmarks/nuteprune.py "${COMMON[@]}" --skip-quality --batch-size 8 --seq-len 256 \
             --cost-steps 5 --out "$OUT/nuteprune_h200" ;;
-    performance)  # importance over 20 x 2048 tokens; bf16 inference at batch 32 with the real-weight layouts
-        part performance 210 benchmarks/performance.py "${COMMON[@]}" --shapes-dir "$BUNDLE/shapes" --seq-len 2048 \
+    performance)  # importance (5 variants, a process each), 20 x 2048 tokens; bf16 inference at batch 32, real layouts
+        part performance 240 benchmarks/performance.py "${COMMON[@]}" --shapes-dir "$BUNDLE/shapes" --seq-len 2048 \
             --rounds 1 --dtype bfloat16 --batch-size 32 --prefill-tokens 1024 --decode-tokens 64 --repeats 5 \
             --out "$OUT/performance_h200" ;;
     importance)
         cp benchmarks/results/performance_h200.json "$OUT/performance_h200.json"
-        part importance 100 benchmarks/performance.py "${COMMON[@]}" --skip-inference --seq-len 2048 --rounds 1 \
+        part importance 130 benchmarks/performance.py "${COMMON[@]}" --skip-inference --seq-len 2048 --rounds 1 \
             --out "$OUT/performance_h200" ;;
     inference)  # the inference figures only, into the report the `importance` part just wrote
         part inference 150 benchmarks/performance.py "${COMMON[@]}" --skip-importance --shapes-dir "$BUNDLE/shapes" \
