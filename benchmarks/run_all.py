@@ -60,6 +60,8 @@ from vocabulary_coverage import MODEL as COVERAGE_MODEL  # noqa: E402
 from vocabulary_coverage import chosen_coverage, coverages_in, mean_over  # noqa: E402
 from vocabulary_coverage import informative as coverage_informative  # noqa: E402
 
+from tailored_hf.pipeline import VOCABULARY_HELD_OUT_MARGIN  # noqa: E402
+
 REPORT = ROOT / "benchmarks" / "REPORT.md"
 SCRIPTS = {
     "performance": ROOT / "benchmarks" / "performance.py",
@@ -73,6 +75,7 @@ SCRIPTS = {
     "paired_comparison_50": ROOT / "benchmarks" / "peers" / "paired_comparison.py",
     "paired_comparison_20": ROOT / "benchmarks" / "peers" / "paired_comparison.py",
     "vocabulary_coverage_20": ROOT / "benchmarks" / "vocabulary_coverage.py",
+    "vocabulary_held_out": ROOT / "benchmarks" / "vocabulary_held_out.py",
     "nuteprune": ROOT / "benchmarks" / "nuteprune.py",
 }
 #: Arguments per script; NutePrune's quality runs take hours (`benchmarks/nuteprune.py` alone runs them; a run with
@@ -662,6 +665,7 @@ def moonshot_section(
     task_rates: Sequence[dict[str, Any]] = (),
     rebuilds: Sequence[dict[str, Any]] = (),
     coverages: Sequence[dict[str, Any]] = (),
+    held_out: dict[str, Any] | None = None,
 ) -> list[str]:
     lines = ["## 5. The moonshot: share of the dense 7-task mean kept after task-specific recovery", ""]
     if ours is None:
@@ -726,7 +730,33 @@ def moonshot_section(
             "prior alone.",
         ]
     lines += rebuild_lines(rebuilds)
-    return lines + ["", *paired_share_lines(paired), *task_rate_lines(task_rates), *coverage_lines(coverages)]
+    return lines + [
+        "",
+        *paired_share_lines(paired),
+        *task_rate_lines(task_rates),
+        *coverage_lines(coverages),
+        *held_out_lines(held_out),
+    ]
+
+
+def held_out_lines(held_out: dict[str, Any] | None) -> list[str]:
+    """Per task, the share of unseen rows' tokens its own vocabulary keeps (`benchmarks/vocabulary_held_out.py`, the
+    pipeline's check), at the smallest coverage measured."""
+    if held_out is None:
+        return []
+    s = held_out["settings"]
+    coverage = min(s["coverages"])
+    tasks = held_out["tasks"]
+    shares = "; ".join(
+        f"{task} {row['shares'][str(coverage)]['held_out']:.1%} ({row['train_rows']:,} train rows)"
+        for task, row in tasks.items()
+    )
+    return [
+        f"How much unseen text each task's own vocabulary keeps (`benchmarks/results/vocabulary_held_out.md`; counted "
+        f"on the task's train split less {s['held_out']} held-out rows, the pipeline's check, coverage {coverage:g}): "
+        f"{shares}. `tailored_hf.pipeline` warns below the coverage minus {VOCABULARY_HELD_OUT_MARGIN:g}.",
+        "",
+    ]
 
 
 def coverage_lines(runs: Sequence[dict[str, Any]]) -> list[str]:
@@ -929,6 +959,7 @@ def render(
     task_rates=(),
     rebuilds=(),
     coverages=(),
+    held_out=None,
 ) -> str:
     lines = [
         "# tailored_hf performance report (issue 9)",
@@ -942,7 +973,7 @@ def render(
     lines += overhead_section(overhead, nuteprune)
     lines += inference_section(perf)
     lines += peer_section(ours, peer, paired)
-    lines += moonshot_section(ours, nuteprune, atp, paired, task_rates, rebuilds, coverages)
+    lines += moonshot_section(ours, nuteprune, atp, paired, task_rates, rebuilds, coverages, held_out)
     lines += gpu_section(*gpu)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -965,6 +996,7 @@ def main() -> None:
         [load(path.stem) for path in sorted(RESULTS_DIR.glob("task_lora_lr_*.json"))],
         [load(path.stem) for path in sorted(RESULTS_DIR.glob("rebuild_check_*.json"))],
         [load(path.stem) for path in sorted(RESULTS_DIR.glob("vocabulary_coverage_*.json"))],
+        load("vocabulary_held_out"),
     )
     REPORT.write_text(text)
     print(text)
