@@ -3,7 +3,8 @@
 Per task: the train split is split as the pipeline splits it (`split_dev_and_pool`, `--held-out` rows, seed 0); the
 vocabulary is counted on the rest at each coverage (label-free text, scored format, every choice), and its share of the
 held-out rows' tokens (`held_out_share`, what `tailored_hf.pipeline` reports) and of the validation split's tokens
-(reported only) are written to `benchmarks/results/vocabulary_held_out.{json,md}`. A split too small for a task
+(reported only) are written to `benchmarks/results/vocabulary_held_out.{json,md}`, with the share of each task's
+validation tokens that the 7 tasks' vocabulary (counted on every train row) keeps. A split too small for a task
 vocabulary shows as a held-out share well below the coverage (the pipeline warns below coverage minus
 `VOCABULARY_HELD_OUT_MARGIN`).
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +51,16 @@ def main() -> None:
         return
     _, tokenizer = load_model(args.model)
     rows: dict[str, Any] = {}
+    validations: dict[str, Counter[int]] = {}
+    every_train: Counter[int] = Counter()  # the 7 tasks' vocabulary (`benchmarks/tailored_llama.py`'s): all train rows
     for task in args.tasks:
         train = load_task_split(task, "train", data_dir=args.data_dir)
         held, rest = split_dev_and_pool(train, dev_size=args.held_out, seed=0)
         counts = token_counts(tokenizer, label_free_texts(rest, task))
         held_counts = token_counts(tokenizer, label_free_texts(held, task))
+        every_train += counts + held_counts
         validation_rows = load_task_split(task, "validation", data_dir=args.data_dir)
-        validation = token_counts(tokenizer, label_free_texts(validation_rows, task))
+        validation = validations[task] = token_counts(tokenizer, label_free_texts(validation_rows, task))
         rows[task] = {
             "train_rows": len(train),
             "shares": {
@@ -66,7 +71,16 @@ def main() -> None:
                 for c in args.coverages
             },
         }
-    data = {"settings": {k: v for k, v in vars(args).items() if k not in ("out", "report_only")}, "tasks": rows}
+    every_validation = sum(validations.values(), Counter())
+    shared = {
+        str(c): {
+            "validation": {task: held_out_share(tokenizer, every_train, v, c) for task, v in validations.items()}
+            | {"all": held_out_share(tokenizer, every_train, every_validation, c)}
+        }
+        for c in args.coverages
+    }
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "report_only")}
+    data = {"settings": settings, "tasks": rows, "shared": shared}
     Path(args.out + ".json").write_text(json.dumps(data, indent=2))
     write_markdown(args.out, render(data))
 
@@ -90,6 +104,21 @@ def render(data: dict[str, Any]) -> str:
             + " | ".join(f"{100 * c['held_out']:.1f}% / {100 * c['validation']:.1f}%" for c in cells)
             + " |"
         )
+    shared = data.get("shared")
+    if shared:
+        tasks = list(data["tasks"])
+        lines += [
+            "",
+            f"The vocabulary of the {len(tasks)} tasks' train text together (every train row; the one "
+            "`benchmarks/tailored_llama.py` trims to for all tasks): the share of each task's validation tokens it "
+            "keeps, and of all of them.",
+            "",
+            "| coverage | " + " | ".join(tasks) + " | all |",
+            "|---|" + "---|" * (len(tasks) + 1),
+        ]
+        for c in s["coverages"]:
+            shares = shared[str(c)]["validation"]
+            lines.append(f"| {c:g} | " + " | ".join(f"{100 * shares[t]:.1f}%" for t in [*tasks, "all"]) + " |")
     lines += ["", "Reproduce: `.venv/bin/python benchmarks/vocabulary_held_out.py`.", ""]
     return "\n".join(lines)
 
