@@ -751,10 +751,18 @@ def held_out_lines(held_out: dict[str, Any] | None) -> list[str]:
         f"{task} {row['shares'][str(coverage)]['held_out']:.1%} ({row['train_rows']:,} train rows)"
         for task, row in tasks.items()
     )
+    shared = held_out.get("shared", {}).get(str(coverage), {}).get("validation")
+    together = ""
+    if shared is not None:
+        per_task = "; ".join(f"{task} {share:.1%}" for task, share in shared.items() if task != "all")
+        together = (
+            f" The 7 tasks' vocabulary (counted on every train row) keeps {shared['all']:.1%} of the validation "
+            f"splits' tokens: {per_task}."
+        )
     return [
         f"How much unseen text each task's own vocabulary keeps (`benchmarks/results/vocabulary_held_out.md`; counted "
         f"on the task's train split less {s['held_out']} held-out rows, the pipeline's check, coverage {coverage:g}): "
-        f"{shares}. `tailored_hf.pipeline` warns below the coverage minus {VOCABULARY_HELD_OUT_MARGIN:g}.",
+        f"{shares}. `tailored_hf.pipeline` warns below the coverage minus {VOCABULARY_HELD_OUT_MARGIN:g}.{together}",
         "",
     ]
 
