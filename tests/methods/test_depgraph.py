@@ -341,6 +341,20 @@ def test_ratio_is_hit_within_one_point(target, global_ranking):
     torch.testing.assert_close(logits(model, ids), masked, atol=TOL, rtol=TOL)
 
 
+def test_scoring_and_planning_make_no_host_read_per_unit(host_reads):
+    """On an accelerator each host read of a tensor is a device synchronisation: the importance pass and the plan
+    make as many for 4x the FFN channels, i.e. none per unit (the scores come to the CPU once per group family)."""
+    counts = {}
+    for width in (64, 256):
+        model = make_tiny_model("llama", num_hidden_layers=4, intermediate_size=width)
+        pruner = DepGraphPruner(DepGraphConfig(target_sparsity=0.3), progress=False)
+        with host_reads.counting(str(width)):
+            plan = pruner.compute_plan(model, calibration())
+        counts[width] = host_reads.counts[str(width)]
+        assert len(plan.layers[1].ffn) < width
+    assert counts[64] == counts[256]
+
+
 @pytest.mark.parametrize("global_ranking", [False, True])
 def test_iterative_pruning_rescores_and_composes_one_plan(global_ranking):
     """`iterative_steps=3`: three rounds on the shrinking model, each re-scored; the returned plan is relative to the
